@@ -1,0 +1,53 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Everything installs into .venv (Python) and .venv/bin (ghz) from pinned versions.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GHZ_VERSION := v0.120.0
+GHZ := $(BIN)/ghz
+EVAL_CSV ?= ../shared/data/mimic-iv-ed-demo/triage_with_age.csv
+
+.PHONY: setup run test lint proto bench eval lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+$(GHZ):
+	GOBIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+run: setup
+	$(BIN)/triage-server serve
+
+test: setup $(GHZ) lint
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+proto: setup
+	$(BIN)/python clients/python/gen_protos.py
+
+bench: setup $(GHZ)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
+
+eval: setup
+	$(BIN)/triage-server evaluate $(EVAL_CSV)
+
+# Re-pin every dependency to the newest versions that satisfy pyproject.toml.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results/*.json

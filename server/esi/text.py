@@ -1,0 +1,384 @@
+"""Reads free-text complaints and triage notes into clinical concept mentions.
+
+Nurses write "CP/SOB x2h, denies N/V, hx CVA". The analyzer tokenizes, expands
+abbreviations, repairs spelling, finds concept terms (longest match first), and
+marks each mention negated ("denies"), historical ("hx of") or chronic ("at
+baseline") using NegEx-style scopes that end at clause boundaries. Every table
+it uses is in data/lexicon.toml and data/concepts.toml; this module holds only
+the mechanics.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from server.esi.tables import Concept, Lexicon
+
+# A word may carry internal slashes or ampersands ("n/v/d", "s/p", "a&o") and a
+# trailing slash ("w/"); numbers may have decimals. Punctuation that shapes
+# scope is kept as its own token.
+_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?(?:[/&][a-z0-9]+)*/?|[.,;:!?()+\n]|(?<=\s)-(?=\s)")
+_PUNCTUATION = frozenset(".,;:!?()+\n-")
+# A colon joins ("PMH: HTN, DM") rather than ends a clause.
+_CLAUSE_END = frozenset(".;!\n")
+# Scopes reach across a few words ("denies any recent chest pain") but no further.
+_GAP_BEFORE_FIRST = 3
+_GAP_BETWEEN = 2
+_AFTER_WINDOW = 2
+_FUZZY_MIN_LENGTH = 6
+
+
+class Kind(enum.Enum):
+    """What a matched phrase is."""
+
+    CONCEPT = "concept"
+    NEGATION_BEFORE = "negation_before"
+    NEGATION_AFTER = "negation_after"
+    HISTORICAL = "historical"
+    CHRONIC_BEFORE = "chronic_before"
+    CHRONIC_AFTER = "chronic_after"
+    PSEUDO = "pseudo"
+    TERMINATOR = "terminator"
+    CONNECTOR = "connector"
+    WORD = "word"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A normalized word with the span of source text it came from."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """One mention of a concept in one input field."""
+
+    concept: str
+    input_field: str
+    quote: str
+    negated: bool = False
+    historical: bool = False
+    chronic: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    kind: Kind
+    payload: str
+    start: int
+    end: int
+    negated: bool = False
+    historical: bool = False
+    chronic: bool = False
+
+
+def singular(word: str) -> str:
+    """Folds simple English plurals so that "seizures" finds "seizure"."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("sses"):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def _osa_distance(a: str, b: str, limit: int) -> int:
+    """Optimal-string-alignment distance (edits with adjacent transpositions), capped."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def _deletes(word: str, depth: int) -> set[str]:
+    found = {word}
+    frontier = {word}
+    for _ in range(depth):
+        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
+        found |= frontier
+    return found
+
+
+class SpellingRepair:
+    """Repairs misspelled clinical words against the lexicon's own vocabulary.
+
+    Only words the analyzer does not know are touched, only at six letters or
+    more, and only to a single nearest clinical word (one edit, two from ten
+    letters); common English words are known, so "turning" never becomes
+    "burning". Candidates come from a symmetric-delete index (SymSpell).
+    """
+
+    def __init__(self, vocabulary: Iterable[str], known: Iterable[str]) -> None:
+        vocabulary = frozenset(vocabulary)
+        self._known = frozenset(known) | vocabulary
+        self._index: dict[str, set[str]] = {}
+        for word in vocabulary:
+            if len(word) >= _FUZZY_MIN_LENGTH - 1 and word.isalpha():
+                # Two deletions are needed only to meet inputs of ten letters or more.
+                for deleted in _deletes(word, 2 if len(word) >= 8 else 1):
+                    self._index.setdefault(deleted, set()).add(word)
+        self.repair = lru_cache(maxsize=65536)(self._repair)
+
+    def _repair(self, word: str) -> str:
+        if word in self._known or len(word) < _FUZZY_MIN_LENGTH or not word.isalpha():
+            return word
+        limit = 2 if len(word) >= 10 else 1
+        candidates = set()
+        for deleted in _deletes(word, limit):
+            candidates |= self._index.get(deleted, set())
+        scored = sorted((_osa_distance(word, c, limit), c) for c in candidates)
+        best = [c for d, c in scored if d <= limit and d == scored[0][0]] if scored else []
+        return best[0] if len(best) == 1 else word
+
+
+class TextAnalyzer:
+    """Finds concept mentions, with negation, history and chronicity, in free text."""
+
+    def __init__(self, lexicon: Lexicon, concepts: Iterable[Concept]) -> None:
+        self._abbreviations = {tuple(k.split()): tuple(v.split()) for k, v in lexicon.abbreviations.items()}
+        self._abbreviation_width = max(len(k) for k in self._abbreviations)
+        self._abbreviation_words = frozenset(k[0] for k in self._abbreviations if len(k) == 1)
+        self._spelling = lexicon.spelling
+        self._phrases: dict[str, list[tuple[tuple[str, ...], Kind, str]]] = {}
+        groups: list[tuple[Kind, Iterable[tuple[str, str]]]] = [
+            (Kind.NEGATION_BEFORE, ((p, "") for p in lexicon.negation_before)),
+            (Kind.NEGATION_AFTER, ((p, "") for p in lexicon.negation_after)),
+            (Kind.HISTORICAL, ((p, "") for p in lexicon.historical_before)),
+            (Kind.CHRONIC_BEFORE, ((p, "") for p in lexicon.chronic_before)),
+            (Kind.CHRONIC_AFTER, ((p, "") for p in lexicon.chronic_after)),
+            (Kind.PSEUDO, ((p, "") for p in lexicon.pseudo_negation)),
+            (Kind.TERMINATOR, ((p, "") for p in lexicon.scope_terminators)),
+            (Kind.CONNECTOR, ((p, "") for p in lexicon.list_connectors)),
+        ]
+        vocabulary: set[str] = set()
+        for kind, phrases in groups:
+            for phrase, payload in phrases:
+                self._add_phrase(phrase, kind, payload, vocabulary)
+        for concept in concepts:
+            for term in concept.terms:
+                self._add_phrase(term, Kind.CONCEPT, concept.id, vocabulary)
+        for expansion in self._abbreviations.values():
+            vocabulary.update(expansion)
+        for phrases_at in self._phrases.values():
+            phrases_at.sort(key=lambda p: -len(p[0]))
+        known = {singular(w) for w in lexicon.common_words} | set(self._spelling.values())
+        self._repair = SpellingRepair(vocabulary, known)
+
+    def _add_phrase(self, phrase: str, kind: Kind, payload: str, vocabulary: set[str]) -> None:
+        words = tuple(t.text for t in self._normalize(phrase, repair=False))
+        if not words:
+            raise ValueError(f"phrase {phrase!r} has no words")
+        entries = self._phrases.setdefault(words[0], [])
+        for existing, existing_kind, existing_payload in entries:
+            if existing == words and existing_kind == kind:
+                if existing_payload != payload:
+                    raise ValueError(
+                        f"{phrase!r} ({' '.join(words)}) belongs to both {existing_payload} and {payload}"
+                    )
+                return
+        entries.append((words, kind, payload))
+        vocabulary.update(w for w in words if w not in _PUNCTUATION)
+
+    def analyze(self, text: str, input_field: str) -> list[Mention]:
+        """Returns every concept mention in text, in order."""
+        if not text:
+            return []
+        items = self._items(self._normalize(text, repair=True))
+        _apply_scopes(items)
+        return [
+            Mention(
+                concept=item.payload,
+                input_field=input_field,
+                quote=text[item.start : item.end],
+                negated=item.negated,
+                historical=item.historical,
+                chronic=item.chronic,
+            )
+            for item in items
+            if item.kind is Kind.CONCEPT
+        ]
+
+    # Normalization: source text -> tokens of canonical words.
+
+    def _normalize(self, text: str, *, repair: bool) -> list[Token]:
+        folded, origin = _fold(text)
+        raw = [Token(m.group(), origin[m.start()], origin[m.end() - 1] + 1) for m in _TOKEN.finditer(folded)]
+        tokens = self._expand(self._split_slashes(raw))
+        out = []
+        for token in tokens:
+            word = self._spelling.get(token.text, token.text)
+            word = singular(word)
+            if repair:
+                word = self._spelling.get(word, word)
+                word = self._repair.repair(word)
+            out.append(Token(word, token.start, token.end))
+        return out
+
+    def _split_slashes(self, tokens: list[Token]) -> Iterator[Token]:
+        """Splits "cp/sob" into "cp", "/", "sob" but keeps "n/v/d" and "s/p" whole."""
+        for token in tokens:
+            text = token.text if token.text in self._abbreviation_words else token.text.rstrip("/")
+            if "/" not in text or text in self._abbreviation_words:
+                yield Token(text, token.start, token.end)
+                continue
+            parts = text.split("/")
+            offsets = []
+            position = token.start
+            for part in parts:
+                offsets.append(position)
+                position += len(part) + 1
+            i = 0
+            while i < len(parts):
+                j = len(parts)
+                while j > i + 1 and ("/".join(parts[i:j]),) not in self._abbreviations:
+                    j -= 1
+                joined = "/".join(parts[i:j])
+                if joined:
+                    yield Token(joined, offsets[i], offsets[i] + len(joined))
+                if j < len(parts):
+                    yield Token("/", offsets[j] - 1, offsets[j])
+                i = j
+
+    def _expand(self, tokens: Iterable[Token]) -> list[Token]:
+        """Replaces abbreviations (longest first) with their words, keeping source spans."""
+        tokens = list(tokens)
+        out: list[Token] = []
+        i = 0
+        while i < len(tokens):
+            for width in range(min(self._abbreviation_width, len(tokens) - i), 0, -1):
+                key = tuple(t.text for t in tokens[i : i + width])
+                expansion = self._abbreviations.get(key)
+                if expansion is not None:
+                    start, end = tokens[i].start, tokens[i + width - 1].end
+                    out.extend(Token(word, start, end) for word in expansion)
+                    i += width
+                    break
+            else:
+                out.append(tokens[i])
+                i += 1
+        return out
+
+    # Matching: tokens -> items (phrases, words, punctuation).
+
+    def _items(self, tokens: list[Token]) -> list[_Item]:
+        items: list[_Item] = []
+        words = [t.text for t in tokens]
+        i = 0
+        while i < len(tokens):
+            for phrase, kind, payload in self._phrases.get(words[i], ()):
+                if tuple(words[i : i + len(phrase)]) == phrase:
+                    end = i + len(phrase)
+                    items.append(_Item(kind, payload, tokens[i].start, tokens[end - 1].end))
+                    i = end
+                    break
+            else:
+                word = words[i]
+                if word in _CLAUSE_END:
+                    kind = Kind.TERMINATOR
+                elif word in _PUNCTUATION or word == "/":
+                    kind = Kind.CONNECTOR
+                else:
+                    kind = Kind.WORD
+                items.append(_Item(kind, word, tokens[i].start, tokens[i].end))
+                i += 1
+        return items
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """Lower-cases and simplifies text, keeping for each character its index in text.
+
+    Apostrophes vanish ("can't" -> "cant"); a hyphen inside a word splits it
+    ("x-ray" -> "x ray") while a free-standing dash stays punctuation.
+    """
+    chars: list[str] = []
+    origin: list[int] = []
+    for index, char in enumerate(text):
+        for folded in unicodedata.normalize("NFKC", char).lower():
+            if folded in "'\u2019`":
+                continue
+            chars.append(folded)
+            origin.append(index)
+    for i in range(1, len(chars) - 1):
+        if chars[i] == "-" and chars[i - 1].isalnum() and chars[i + 1].isalnum():
+            chars[i] = " "
+    origin.append(len(text))
+    return "".join(chars), origin
+
+
+def _apply_scopes(items: list[_Item]) -> None:
+    """Marks concepts inside negation, history and chronicity scopes."""
+    for k, item in enumerate(items):
+        if item.kind is Kind.NEGATION_BEFORE:
+            for concept in _scope_after(items, k):
+                concept.negated = True
+        elif item.kind is Kind.HISTORICAL:
+            for concept in _scope_after(items, k):
+                concept.historical = True
+        elif item.kind is Kind.CHRONIC_BEFORE:
+            for concept in _scope_after(items, k):
+                concept.chronic = True
+        elif item.kind in (Kind.NEGATION_AFTER, Kind.CHRONIC_AFTER):
+            for concept in _scope_before(items, k):
+                if item.kind is Kind.NEGATION_AFTER:
+                    concept.negated = True
+                else:
+                    concept.chronic = True
+
+
+_TRIGGERS = frozenset(
+    {Kind.NEGATION_BEFORE, Kind.HISTORICAL, Kind.CHRONIC_BEFORE, Kind.NEGATION_AFTER, Kind.TERMINATOR}
+)
+
+
+def _scope_after(items: list[_Item], k: int) -> Iterator[_Item]:
+    """The concepts a trigger at k governs: a list of them, up to the clause's end."""
+    gap = 0
+    seen = False
+    for item in items[k + 1 :]:
+        if item.kind in _TRIGGERS:
+            return
+        if item.kind is Kind.CONCEPT:
+            seen = True
+            gap = 0
+            yield item
+        elif item.kind is not Kind.CONNECTOR:
+            gap += 1
+            if gap > (_GAP_BETWEEN if seen else _GAP_BEFORE_FIRST):
+                return
+
+
+def _scope_before(items: list[_Item], k: int) -> Iterator[_Item]:
+    """The concept just before a trailing trigger ("pregnancy test negative", "confused at baseline")."""
+    steps = 0
+    for item in reversed(items[:k]):
+        if item.kind is Kind.CONCEPT:
+            yield item
+            return
+        if item.kind in _TRIGGERS:
+            return
+        if item.kind is not Kind.CONNECTOR:
+            steps += 1
+            if steps > _AFTER_WINDOW:
+                return

@@ -1,0 +1,130 @@
+"""The triage pipeline: ESI decision points A -> B -> C -> D, then review E.
+
+Each step goes to the backend configured for it (the built-in rules engine by
+default); the pipeline stops at the first step that settles a level and always
+finishes with the review. The same step results feed Classify (collected) and
+Explain (streamed as each step completes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.esi.engine import CaseFacts, DangerZonePolicy, RulesEngine
+from server.pipeline.model import (
+    STEP_DANGER_ZONE_VITALS,
+    STEP_HIGH_RISK,
+    STEP_LIFE_SAVING,
+    STEP_RESOURCES,
+    STEP_REVIEW,
+    Case,
+    Step,
+    StepResult,
+    TriageResult,
+)
+
+DECISION_POINTS: tuple[Step, ...] = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS)
+
+
+@dataclass
+class TriageRun:
+    """One case going through the pipeline: what backends may read."""
+
+    case: Case
+    # The rules engine's reading of the case. It is always made, because the
+    # rules set the floor whichever backend answers a step.
+    facts: CaseFacts
+    danger_zone_policy: DangerZonePolicy
+    results: list[StepResult] = field(default_factory=list)
+
+
+class StepBackend(Protocol):
+    """Answers pipeline steps: the rules engine, or (later) a model."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def answer(self, step: Step, run: TriageRun) -> StepResult: ...
+
+
+class RulesBackend:
+    """The built-in rules engine as a step backend: free, offline, deterministic."""
+
+    def __init__(self, engine: RulesEngine) -> None:
+        self._engine = engine
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    async def answer(self, step: Step, run: TriageRun) -> StepResult:
+        engine, facts = self._engine, run.facts
+        if step == STEP_LIFE_SAVING:
+            return engine.life_saving(facts)
+        if step == STEP_HIGH_RISK:
+            return engine.high_risk(facts)
+        if step == STEP_RESOURCES:
+            return engine.resources(facts)
+        if step == STEP_DANGER_ZONE_VITALS:
+            return engine.danger_zone(facts, run.danger_zone_policy)
+        if step == STEP_REVIEW:
+            return engine.review(facts, run.results)
+        raise ValueError(f"unknown step {step}")
+
+
+class Pipeline:
+    """Runs the ESI decision points for a case, step by step."""
+
+    def __init__(
+        self,
+        engine: RulesEngine,
+        *,
+        danger_zone_policy: DangerZonePolicy = "up_triage",
+        backends: Mapping[Step, StepBackend] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.danger_zone_policy: DangerZonePolicy = danger_zone_policy
+        rules = RulesBackend(engine)
+        self._backends = {step: rules for step in (*DECISION_POINTS, STEP_REVIEW)} | dict(backends or {})
+
+    async def steps(self, case: Case) -> AsyncIterator[StepResult]:
+        """Yields each step's result as it completes; the review comes last."""
+        run = TriageRun(case, self.engine.read(case), self.danger_zone_policy)
+        for step in DECISION_POINTS:
+            result = await self._answer(step, run)
+            yield result
+            if result.level is not None:
+                break
+        yield await self._answer(STEP_REVIEW, run)
+
+    async def classify(self, case: Case) -> TriageResult:
+        """Runs every step and returns the result."""
+        return self.result([step async for step in self.steps(case)])
+
+    def result(self, steps: Sequence[StepResult]) -> TriageResult:
+        """The pipeline's answer from its step results (the review is the last)."""
+        review = steps[-1]
+        assert review.step == STEP_REVIEW and review.level is not None
+        decided = next(s for s in reversed(steps[:-1]) if s.level is not None)
+        return TriageResult(
+            esi_level=review.level,
+            confidence=review.certainty,
+            decided_at=STEP_REVIEW if review.findings else decided.step,
+            steps=tuple(steps),
+            rationale=review.rationale,
+            ruleset_version=self.engine.version,
+        )
+
+    async def _answer(self, step: Step, run: TriageRun) -> StepResult:
+        backend = self._backends[step]
+        started = time.perf_counter()
+        result = await backend.answer(step, run)
+        result = dataclasses.replace(
+            result, backend=backend.name, elapsed_seconds=time.perf_counter() - started
+        )
+        run.results.append(result)
+        return result

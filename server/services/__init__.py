@@ -1,0 +1,1 @@
+"""The gRPC services: thin adapters from the contract to the pipeline and store."""

@@ -1,0 +1,69 @@
+"""What Classify and Explain share: validate, run the pipeline, audit, answer.
+
+The classification is in the audit log before it is returned; if it cannot
+be recorded the call fails with UNAVAILABLE and nothing is acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+from server.errors import InvalidArgument, field_violation
+from server.ids import new_id
+from server.pipeline.model import Case, StepResult
+from server.pipeline.pipeline import Pipeline
+from server.services.convert import classification_message
+from server.store.audit import AuditLog
+from server.validation import validate_case
+from triage.v1 import case_pb2, classification_pb2
+
+
+class Classifier:
+    """Runs the pipeline for one request and records the decision."""
+
+    def __init__(self, pipeline: Pipeline, audit: AuditLog, secret: bytes) -> None:
+        self._pipeline = pipeline
+        self._audit = audit
+        self._secret = secret
+
+    def validate(self, message: case_pb2.TriageCase, present: bool) -> Case:
+        """The validated case; INVALID_ARGUMENT when absent or malformed."""
+        if not present:
+            raise InvalidArgument([field_violation("case", "the case is required", "REQUIRED")])
+        return validate_case(message)
+
+    def steps(self, case: Case) -> AsyncIterator[StepResult]:
+        return self._pipeline.steps(case)
+
+    async def finish(
+        self, message: case_pb2.TriageCase, steps: Sequence[StepResult], method: str
+    ) -> classification_pb2.Classification:
+        """Builds the classification, records it, and returns it once durable."""
+        result = self._pipeline.result(steps)
+        classified_at = datetime.now(UTC)
+        classification_id = new_id(int(classified_at.timestamp() * 1000))
+        digest = hmac.new(self._secret, message.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
+        cost = result.cost
+        await self._audit.record(
+            {
+                "classification_id": classification_id,
+                "recorded_at": classified_at,
+                "method": method,
+                "esi_level": result.esi_level,
+                "decided_at": result.decided_at,
+                "finding_codes": [f.code for f in result.findings],
+                "ruleset_version": result.ruleset_version,
+                "input_hmac_sha256": digest,
+                "confidence": result.confidence,
+                "case_ref": message.case_ref,
+                "cost_usd_micros": cost.usd_micros,
+                "input_tokens": cost.input_tokens,
+                "output_tokens": cost.output_tokens,
+            }
+        )
+        return classification_message(
+            result, classification_id=classification_id, classified_at=classified_at, case_ref=message.case_ref
+        )

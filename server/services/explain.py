@@ -1,0 +1,48 @@
+"""ExplainService: the same pipeline as Classify, streamed one step at a time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+
+from server.errors import FailedPrecondition, InvalidArgument, field_violation
+from server.ids import is_id
+from server.services.classifier import Classifier
+from server.services.convert import step_event
+from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
+
+EXPLAIN_METHOD = "/triage.v1.ExplainService/Explain"
+
+
+class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
+    """Streams each decision point as it completes, then the classification."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self._classifier = classifier
+
+    async def Explain(  # type: ignore[override]  # noqa: N802 - the RPC's name
+        self, request: explain_service_pb2.ExplainRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
+        subject = request.WhichOneof("subject")
+        if subject == "classification_id":
+            if not is_id(request.classification_id):
+                raise InvalidArgument(
+                    [
+                        field_violation(
+                            "classification_id", "must be a 26-character classification id", "INVALID_FORMAT"
+                        )
+                    ]
+                )
+            raise FailedPrecondition(
+                "explaining an earlier classification needs stored cases, and this server stores none "
+                "(case storage needs an encryption key); send the case instead"
+            )
+        case = self._classifier.validate(request.case, subject == "case")
+        steps = []
+        async for step in self._classifier.steps(case):
+            steps.append(step)
+            yield explain_service_pb2.ExplainResponse(step=step_event(step))
+        classification = await self._classifier.finish(request.case, steps, EXPLAIN_METHOD)
+        yield explain_service_pb2.ExplainResponse(classification=classification)

@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables on SQLite (default) or PostgreSQL."""

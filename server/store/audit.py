@@ -1,0 +1,126 @@
+"""The audit log, written with group commit and read in pages.
+
+Every classification is awaited into the log before its response is sent.
+Records arriving while a transaction is being committed wait and go together
+in the next one, so throughput grows with concurrency while each
+acknowledged record is durable. Database calls run on a dedicated writer
+thread (and reads on the default executor), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session
+
+from server.errors import Unavailable
+from server.store.models import AuditEvent
+
+log = logging.getLogger("triage.audit")
+
+_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of audit events and whether more follow."""
+
+    events: list[AuditEvent]
+    has_more: bool
+
+
+class AuditLog:
+    """Durable, batched writes of audit records; paged reads."""
+
+    def __init__(self, engine: Engine, *, max_batch_records: int = 512, max_pending_records: int = 10_000) -> None:
+        self._engine = engine
+        self._max_batch = max_batch_records
+        self._max_pending = max_pending_records
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        # Counters for tests and metrics: transactions committed, records written.
+        self.commits = 0
+        self.records_written = 0
+
+    async def record(self, row: dict[str, Any]) -> None:
+        """Returns once the record is committed; raises Unavailable if it could not be."""
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if len(self._pending) >= self._max_pending:
+            raise Unavailable("the audit store is overloaded; retry shortly")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        # Shielded: a caller that gives up still gets its record written.
+        await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                await loop.run_in_executor(self._writer, self._write, [row for row, _ in batch])
+            except Exception as error:  # noqa: BLE001 - every waiter must hear of the failure
+                log.error(
+                    "audit write failed",
+                    extra={"fields": {"error_type": type(error).__name__, "records": len(batch)}},
+                )
+                outcome: BaseException | None = Unavailable(
+                    "the audit store is unavailable, so the classification was not recorded; retry"
+                )
+            else:
+                outcome = None
+            for _, future in batch:
+                if future.done():
+                    continue
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(insert(_TABLE), rows)
+        self.commits += 1
+        self.records_written += len(rows)
+
+    async def page(
+        self,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        after_id: str | None,
+        limit: int,
+    ) -> AuditPage:
+        """Events in [start, end), oldest first, after the given id."""
+        return await asyncio.to_thread(self._page, start, end, after_id, limit)
+
+    def _page(self, start: datetime | None, end: datetime | None, after_id: str | None, limit: int) -> AuditPage:
+        query = select(AuditEvent).order_by(AuditEvent.classification_id).limit(limit + 1)  # type: ignore[arg-type]
+        if start is not None:
+            query = query.where(AuditEvent.recorded_at >= start)  # type: ignore[arg-type]
+        if end is not None:
+            query = query.where(AuditEvent.recorded_at < end)  # type: ignore[arg-type]
+        if after_id is not None:
+            query = query.where(AuditEvent.classification_id > after_id)  # type: ignore[arg-type]
+        with Session(self._engine) as session:
+            events: Sequence[AuditEvent] = session.scalars(query).all()
+        return AuditPage(events=list(events[:limit]), has_more=len(events) > limit)
+
+    async def close(self) -> None:
+        """Writes what is pending, then stops the writer thread."""
+        self._closed = True
+        while self._flusher is not None and not self._flusher.done():
+            await self._flusher
+        self._writer.shutdown(wait=True)
