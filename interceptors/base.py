@@ -11,57 +11,53 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
 
-Behaviour = Callable[[Any, aio.ServicerContext[Any, Any]], Any]
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+Behaviour: TypeAlias = Callable[[Any, Context], Any]
+Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
 class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
     """Subclasses implement `intercept`; this class does the handler plumbing."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, Handler] = {}
 
     @abc.abstractmethod
-    async def intercept(
-        self,
-        method: Behaviour,
-        request: Any,
-        context: aio.ServicerContext[Any, Any],
-        method_name: str,
-    ) -> Any:
+    async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
         """Runs around one call.
 
-        Call `method(request, context)`: for a unary response it returns an
-        awaitable; for a streaming response, an async iterator. Return what
-        the call should answer (an awaited response, or an async iterator).
+        Call `method(request, context)` (or `call_through`): for a unary
+        response it returns an awaitable, for a streaming response an async
+        iterator. Return the response, or the async iterator of responses.
         """
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        method_name: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or handler.request_streaming:
-            # No method or a client-streaming one: the service defines none yet.
+            # No such method, or client streaming, which no service defines yet.
             return handler
+        method_name = handler_call_details.method
         wrapped = self._wrapped.get(method_name)
         if wrapped is None:
-            wrapped = self._wrap(handler, method_name)
-            self._wrapped[method_name] = wrapped
+            wrapped = self._wrapped[method_name] = self._wrap(handler, method_name)
         return wrapped
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method_name: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: Handler, method_name: str) -> Handler:
+        # grpc.aio handlers hold coroutine functions; typeshed types them as sync.
+        inner: Behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary  # type: ignore[assignment]
         if handler.response_streaming:
-            inner_stream = handler.unary_stream
 
-            async def stream_behaviour(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                responses = await self.intercept(inner_stream, request, context, method_name)
+            async def stream_behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
+                responses = await self.intercept(inner, request, context, method_name)
                 async for response in responses:
                     yield response
 
@@ -71,10 +67,8 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
                 response_serializer=handler.response_serializer,
             )
 
-        inner_unary = handler.unary_unary
-
-        async def unary_behaviour(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            return await self.intercept(inner_unary, request, context, method_name)
+        async def unary_behaviour(request: Any, context: Context) -> Any:
+            return await self.intercept(inner, request, context, method_name)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_behaviour,
@@ -83,7 +77,7 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
         )
 
 
-async def call_through(method: Behaviour, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+async def call_through(method: Behaviour, request: Any, context: Context) -> Any:
     """Calls the next behaviour: awaits a unary response, passes a stream through."""
     response = method(request, context)
     if inspect.isawaitable(response):

@@ -14,7 +14,7 @@ from typing import Any
 
 from grpc import aio
 
-from interceptors.base import Behaviour, ServerInterceptor, call_through
+from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
 from server.errors import Internal, ServiceError
 
 log = logging.getLogger("triage.errors")
@@ -27,7 +27,7 @@ class ErrorInterceptor(ServerInterceptor):
         self,
         method: Behaviour,
         request: Any,
-        context: aio.ServicerContext[Any, Any],
+        context: Context,
         method_name: str,
     ) -> Any:
         try:
@@ -38,16 +38,14 @@ class ErrorInterceptor(ServerInterceptor):
             return self._stream(response, context, method_name)
         return response
 
-    async def _stream(
-        self, responses: AsyncIterator[Any], context: aio.ServicerContext[Any, Any], method_name: str
-    ) -> AsyncIterator[Any]:
+    async def _stream(self, responses: AsyncIterator[Any], context: Context, method_name: str) -> AsyncIterator[Any]:
         try:
             async for response in responses:
                 yield response
         except Exception as error:  # noqa: BLE001 - every error must become a status
             await self._abort(error, context, method_name)
 
-    async def _abort(self, error: Exception, context: aio.ServicerContext[Any, Any], method_name: str) -> None:
+    async def _abort(self, error: Exception, context: Context, method_name: str) -> None:
         if isinstance(error, aio.AbortError):
             raise error
         if not isinstance(error, ServiceError):

@@ -6,10 +6,18 @@ import asyncio
 import logging
 import signal
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine
+from triage.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    classify_service_pb2,
+    classify_service_pb2_grpc,
+    explain_service_pb2,
+    explain_service_pb2_grpc,
+)
 
 from interceptors.errors import ErrorInterceptor
 from server.config import Settings
@@ -22,14 +30,6 @@ from server.services.classify import ClassifyService
 from server.services.explain import ExplainService
 from server.store.audit import AuditLog
 from server.store.database import open_database
-from triage.v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    classify_service_pb2,
-    classify_service_pb2_grpc,
-    explain_service_pb2,
-    explain_service_pb2_grpc,
-)
 
 log = logging.getLogger("triage.server")
 
@@ -49,7 +49,7 @@ class TriageServer:
         self.port = 0
         self._server: aio.Server | None = None
         self._audit: AuditLog | None = None
-        self._engine = None
+        self._engine: Engine | None = None
 
     async def start(self) -> int:
         """Opens the store, starts serving, and returns the bound port."""
@@ -71,9 +71,7 @@ class TriageServer:
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(audit), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")
@@ -115,6 +113,3 @@ async def serve(settings: Settings) -> None:
     await stopping.wait()
     log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})
     await server.stop()
-
-
-__all__ = ["SERVICE_NAMES", "TriageServer", "grpc", "serve"]

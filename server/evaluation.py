@@ -16,11 +16,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from triage.v1 import case_pb2
 
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
 from server.validation import VITAL_RANGES, validate_case
-from triage.v1 import case_pb2
 
 LEVELS = (1, 2, 3, 4, 5)
 _ARRIVAL = {
@@ -56,15 +58,9 @@ class Evaluation:
     def total(self) -> int:
         return sum(self.pairs.values())
 
-    def rate(self, predicate: str) -> float:
-        """Share of cases where the engine's level is equal to, above or below the nurse's."""
-        compare = {
-            "agree": lambda nurse, engine: engine == nurse,
-            "under": lambda nurse, engine: engine > nurse,
-            "over": lambda nurse, engine: engine < nurse,
-            "within_one": lambda nurse, engine: abs(engine - nurse) <= 1,
-        }[predicate]
-        hits = sum(n for (nurse, engine), n in self.pairs.items() if compare(nurse, engine))
+    def rate(self, outcome: Literal["agree", "under", "over", "within_one"]) -> float:
+        """Share of cases where the engine agrees, is less urgent (under), more urgent (over), or within one."""
+        hits = sum(n for (nurse, engine), n in self.pairs.items() if _outcome(nurse, engine, outcome))
         return hits / self.total if self.total else 0.0
 
     def quadratic_kappa(self) -> float:
@@ -72,8 +68,11 @@ class Evaluation:
         total = self.total
         if not total:
             return 0.0
-        nurse = Counter({level: sum(n for (a, _), n in self.pairs.items() if a == level) for level in LEVELS})
-        engine = Counter({level: sum(n for (_, b), n in self.pairs.items() if b == level) for level in LEVELS})
+        nurse: Counter[int] = Counter()
+        engine: Counter[int] = Counter()
+        for (a, b), n in self.pairs.items():
+            nurse[a] += n
+            engine[b] += n
         observed = expected = 0.0
         for a in LEVELS:
             for b in LEVELS:
@@ -118,6 +117,17 @@ class Evaluation:
             "over_triage": round(self.rate("over"), 4),
             "confusion_matrix": {f"nurse_esi_{a}": [self.pairs[(a, b)] for b in LEVELS] for a in LEVELS},
         }
+
+
+def _outcome(nurse: int, engine: int, outcome: str) -> bool:
+    # ESI 1 is the most urgent: a higher engine level is under-triage.
+    if outcome == "agree":
+        return engine == nurse
+    if outcome == "under":
+        return engine > nurse
+    if outcome == "over":
+        return engine < nurse
+    return abs(engine - nurse) <= 1
 
 
 def _share(part: int, whole: int) -> str:

@@ -8,14 +8,15 @@ each bad field, what is wrong, and a machine-readable reason.
 from __future__ import annotations
 
 import math
+from typing import TypeAlias
 
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.descriptor import EnumDescriptor
 from google.rpc import error_details_pb2
+from triage.v1 import case_pb2
 
 from server.errors import InvalidArgument, field_violation
 from server.esi.tables import DAYS_PER_MONTH, DAYS_PER_YEAR
 from server.pipeline.model import Age, Case, Vitals
-from triage.v1 import case_pb2
 
 MAX_AGE_YEARS = 130
 MAX_CHIEF_COMPLAINT_CHARS = 1_000
@@ -42,7 +43,7 @@ _AGE_LIMITS = {
 }
 _DAYS_PER_UNIT = {"years": DAYS_PER_YEAR, "months": DAYS_PER_MONTH, "days": 1.0}
 
-Violation = error_details_pb2.BadRequest.FieldViolation
+Violation: TypeAlias = error_details_pb2.BadRequest.FieldViolation
 
 
 def validate_case(message: case_pb2.TriageCase, path: str = "case") -> Case:
@@ -56,11 +57,17 @@ def validate_case(message: case_pb2.TriageCase, path: str = "case") -> Case:
     _max_length(violations, f"{path}.history", message.history, MAX_HISTORY_CHARS)
     _max_length(violations, f"{path}.case_ref", message.case_ref, MAX_CASE_REF_CHARS)
     vitals = _vitals(message.vitals, f"{path}.vitals", violations)
-    _enum(violations, f"{path}.sex", case_pb2.Sex, message.sex)
-    _enum(violations, f"{path}.avpu", case_pb2.Avpu, message.avpu)
-    _enum(violations, f"{path}.arrival_mode", case_pb2.ArrivalMode, message.arrival_mode)
+    _enum(violations, f"{path}.sex", case_pb2.Sex.DESCRIPTOR, message.sex)
+    _enum(violations, f"{path}.avpu", case_pb2.Avpu.DESCRIPTOR, message.avpu)
+    _enum(violations, f"{path}.arrival_mode", case_pb2.ArrivalMode.DESCRIPTOR, message.arrival_mode)
     for index, factor in enumerate(message.risk_factors):
-        _enum(violations, f"{path}.risk_factors[{index}]", case_pb2.RiskFactor, factor, allow_unspecified=False)
+        _enum(
+            violations,
+            f"{path}.risk_factors[{index}]",
+            case_pb2.RiskFactor.DESCRIPTOR,
+            factor,
+            allow_unspecified=False,
+        )
     if violations or age is None:
         raise InvalidArgument(violations)
     return Case(
@@ -90,7 +97,9 @@ def _age(message: case_pb2.TriageCase, path: str, violations: list[Violation]) -
     limit = _AGE_LIMITS[unit]
     if value > limit:
         violations.append(
-            field_violation(f"{field}.{unit}", f"must be at most {limit} {unit} (130 years); got {value}", "OUT_OF_RANGE")
+            field_violation(
+                f"{field}.{unit}", f"must be at most {limit} {unit} (130 years); got {value}", "OUT_OF_RANGE"
+            )
         )
         return None
     if unit == "years" and value < 1:
@@ -105,7 +114,9 @@ def _age(message: case_pb2.TriageCase, path: str, violations: list[Violation]) -
         return None
     if unit == "months" and value < 1:
         violations.append(
-            field_violation(f"{field}.months", "must be at least 1: give days for infants under one month", "OUT_OF_RANGE")
+            field_violation(
+                f"{field}.months", "must be at least 1: give days for infants under one month", "OUT_OF_RANGE"
+            )
         )
         return None
     singular = unit.removesuffix("s")
@@ -113,13 +124,11 @@ def _age(message: case_pb2.TriageCase, path: str, violations: list[Violation]) -
 
 
 def _vitals(message: case_pb2.Vitals, path: str, violations: list[Violation]) -> Vitals:
-    values: dict[str, float | int | None] = {}
-    for name, (low, high, unit) in VITAL_RANGES.items():
-        if not message.HasField(name):
-            values[name] = None
-            continue
-        value = getattr(message, name)
-        if isinstance(value, float) and not math.isfinite(value):
+    # Only fields the caller set are listed: an absent vital is "not measured".
+    values: dict[str, float] = {field.name: value for field, value in message.ListFields()}
+    for name, value in values.items():
+        low, high, unit = VITAL_RANGES[name]
+        if not math.isfinite(value):
             violations.append(field_violation(f"{path}.{name}", f"must be a finite number; got {value}", "NOT_FINITE"))
         elif not low <= value <= high:
             violations.append(
@@ -127,8 +136,7 @@ def _vitals(message: case_pb2.Vitals, path: str, violations: list[Violation]) ->
                     f"{path}.{name}", f"must be between {low:g} and {high:g} {unit}; got {value:g}", "OUT_OF_RANGE"
                 )
             )
-        values[name] = value
-    return Vitals(**values)  # type: ignore[arg-type]
+    return Vitals(**values)  # type: ignore[arg-type]  # the names are Vitals' fields
 
 
 def _max_length(violations: list[Violation], field: str, text: str, limit: int) -> None:
@@ -141,11 +149,11 @@ def _max_length(violations: list[Violation], field: str, text: str, limit: int) 
 def _enum(
     violations: list[Violation],
     field: str,
-    enum: EnumTypeWrapper,
+    enum: EnumDescriptor,
     value: int,
     *,
     allow_unspecified: bool = True,
 ) -> None:
-    if value not in enum.values() or (value == 0 and not allow_unspecified):
-        names = ", ".join(n for n in enum.keys() if not n.endswith("_UNSPECIFIED"))
+    if value not in enum.values_by_number or (value == 0 and not allow_unspecified):
+        names = ", ".join(v.name for v in enum.values if v.number != 0)
         violations.append(field_violation(field, f"unknown value {value}; expected one of {names}", "UNKNOWN_VALUE"))

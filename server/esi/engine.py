@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from triage.v1 import case_pb2, classification_pb2
+
 from server.esi.tables import (
     DAYS_PER_YEAR,
     RESOURCE_LABELS,
@@ -44,7 +46,6 @@ from server.pipeline.model import (
     StepResult,
     Warning,
 )
-from triage.v1 import case_pb2, classification_pb2
 
 DangerZonePolicy = Literal["up_triage", "flag_only"]
 
@@ -259,13 +260,15 @@ class RulesEngine:
             if profile is None:
                 continue
             recognised = True
-            add(profile, f"{self.tables.concepts[concept_id].label} ({_mention_evidence(mention).text})",
-                mention.input_field)
+            add(
+                profile,
+                f"{self.tables.concepts[concept_id].label} ({_mention_evidence(mention).text})",
+                mention.input_field,
+            )
         for modifier in self.tables.resources.modifier:
             evidence = self.match(facts, modifier.when)
             if evidence is not None:
-                add(modifier.add, f"{modifier.reason} ({'; '.join(e.text for e in evidence)})",
-                    evidence[0].input_field)
+                add(modifier.add, f"{modifier.reason} ({'; '.join(e.text for e in evidence)})", evidence[0].input_field)
         warnings: tuple[Warning, ...] = ()
         certainty = 0.8
         if not recognised:
@@ -316,8 +319,13 @@ class RulesEngine:
         v = facts.case.vitals
         checks = [
             (HEART_RATE, v.heart_rate_bpm, zone.heart_rate_above, "danger_zone_heart_rate", "above"),
-            (RESPIRATORY_RATE, v.respiratory_rate_per_min, zone.respiratory_rate_above,
-             "danger_zone_respiratory_rate", "above"),
+            (
+                RESPIRATORY_RATE,
+                v.respiratory_rate_per_min,
+                zone.respiratory_rate_above,
+                "danger_zone_respiratory_rate",
+                "above",
+            ),
             (SPO2, v.spo2_percent, t.spo2_danger_zone_below, "danger_zone_spo2", "below"),
         ]
         warnings = _missing(facts, [(field, "its danger-zone limit could not be checked") for field, *_ in checks])

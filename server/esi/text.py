@@ -194,9 +194,7 @@ class TextAnalyzer:
         for existing, existing_kind, existing_payload in entries:
             if existing == words and existing_kind == kind:
                 if existing_payload != payload:
-                    raise ValueError(
-                        f"{phrase!r} ({' '.join(words)}) belongs to both {existing_payload} and {payload}"
-                    )
+                    raise ValueError(f"{phrase!r} ({' '.join(words)}) belongs to both {existing_payload} and {payload}")
                 return
         entries.append((words, kind, payload))
         vocabulary.update(w for w in words if w not in _PUNCTUATION)

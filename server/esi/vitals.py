@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from triage.v1 import case_pb2
+
 from server.esi.tables import DAYS_PER_YEAR, AgeBand, DangerZoneBand, VitalThresholds
 from server.pipeline.model import Case
-from triage.v1 import case_pb2
 
 STATE_CODES = frozenset(
     {
@@ -151,8 +152,7 @@ def assess_vitals(case: Case, t: VitalThresholds) -> dict[str, VitalState]:
             (
                 "danger_zone_respiratory_rate",
                 lambda x: x > zone.respiratory_rate_above,
-                f"respiratory rate {{value}}/min > {_number(zone.respiratory_rate_above)}/min "
-                f"for age {case.age.text}",
+                f"respiratory rate {{value}}/min > {_number(zone.respiratory_rate_above)}/min for age {case.age.text}",
             ),
         ],
     )
@@ -192,9 +192,7 @@ def assess_vitals(case: Case, t: VitalThresholds) -> dict[str, VitalState]:
             if v.systolic_bp_mmhg is not None and v.systolic_bp_mmhg >= systolic:
                 add(code, SYSTOLIC, f"systolic BP {_number(v.systolic_bp_mmhg)} mmHg >= {_number(systolic)} mmHg")
             elif v.diastolic_bp_mmhg is not None and v.diastolic_bp_mmhg >= diastolic:
-                add(
-                    code, DIASTOLIC, f"diastolic BP {_number(v.diastolic_bp_mmhg)} mmHg >= {_number(diastolic)} mmHg"
-                )
+                add(code, DIASTOLIC, f"diastolic BP {_number(v.diastolic_bp_mmhg)} mmHg >= {_number(diastolic)} mmHg")
 
     check(
         v.temperature_c,

@@ -8,12 +8,13 @@ single source of truth.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from triage.v1 import case_pb2, classification_pb2
 
-Step = classification_pb2.Step.ValueType
-ResourceKind = classification_pb2.ResourceKind.ValueType
-RiskFactor = case_pb2.RiskFactor.ValueType
+Step: TypeAlias = classification_pb2.Step.ValueType
+ResourceKind: TypeAlias = classification_pb2.ResourceKind.ValueType
+RiskFactor: TypeAlias = case_pb2.RiskFactor.ValueType
 
 STEP_LIFE_SAVING = classification_pb2.STEP_LIFE_SAVING
 STEP_HIGH_RISK = classification_pb2.STEP_HIGH_RISK

@@ -89,7 +89,7 @@ class Pipeline:
         self.engine = engine
         self.danger_zone_policy: DangerZonePolicy = danger_zone_policy
         rules = RulesBackend(engine)
-        self._backends = {step: rules for step in (*DECISION_POINTS, STEP_REVIEW)} | dict(backends or {})
+        self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
 
     async def steps(self, case: Case) -> AsyncIterator[StepResult]:
         """Yields each step's result as it completes; the review comes last."""
@@ -108,7 +108,8 @@ class Pipeline:
     def result(self, steps: Sequence[StepResult]) -> TriageResult:
         """The pipeline's answer from its step results (the review is the last)."""
         review = steps[-1]
-        assert review.step == STEP_REVIEW and review.level is not None
+        if review.step != STEP_REVIEW or review.level is None:
+            raise ValueError("the last step result must be the review, with a level")
         decided = next(s for s in reversed(steps[:-1]) if s.level is not None)
         return TriageResult(
             esi_level=review.level,
@@ -123,8 +124,6 @@ class Pipeline:
         backend = self._backends[step]
         started = time.perf_counter()
         result = await backend.answer(step, run)
-        result = dataclasses.replace(
-            result, backend=backend.name, elapsed_seconds=time.perf_counter() - started
-        )
+        result = dataclasses.replace(result, backend=backend.name, elapsed_seconds=time.perf_counter() - started)
         run.results.append(result)
         return result

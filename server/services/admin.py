@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from grpc import aio
+from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from server.errors import InvalidArgument, Unimplemented, field_violation
 from server.ids import is_id
 from server.services.convert import audit_event_message
 from server.store.audit import AuditLog
-from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
@@ -38,8 +38,9 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         violations = []
         if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
             violations.append(
-                field_violation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}; got {request.page_size}",
-                                "OUT_OF_RANGE")
+                field_violation(
+                    "page_size", f"must be between 0 and {MAX_PAGE_SIZE}; got {request.page_size}", "OUT_OF_RANGE"
+                )
             )
         if start is not None and end is not None and end <= start:
             violations.append(field_violation("end_time", "must be after start_time", "OUT_OF_RANGE"))

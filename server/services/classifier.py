@@ -11,6 +11,8 @@ import hmac
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
+from triage.v1 import case_pb2, classification_pb2
+
 from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
 from server.pipeline.model import Case, StepResult
@@ -18,7 +20,6 @@ from server.pipeline.pipeline import Pipeline
 from server.services.convert import classification_message
 from server.store.audit import AuditLog
 from server.validation import validate_case
-from triage.v1 import case_pb2, classification_pb2
 
 
 class Classifier:

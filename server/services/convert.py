@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 from server.pipeline.model import Cost, Finding, PredictedResource, StepResult, TriageResult, Warning
 from server.store.models import AuditEvent
-from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 
 def cost_message(cost: Cost) -> classification_pb2.Cost:
@@ -53,7 +53,7 @@ def step_event(result: StepResult) -> explain_service_pb2.StepEvent:
         elapsed=elapsed,
         cost=cost_message(result.cost),
         decisive=result.level is not None,
-        esi_level=result.level or classification_pb2.ESI_LEVEL_UNSPECIFIED,
+        esi_level=classification_pb2.EsiLevel.ValueType(result.level or 0),
     )
 
 
@@ -62,7 +62,7 @@ def classification_message(
 ) -> classification_pb2.Classification:
     return classification_pb2.Classification(
         classification_id=classification_id,
-        esi_level=result.esi_level,
+        esi_level=classification_pb2.EsiLevel.ValueType(result.esi_level),
         confidence=result.confidence,
         decided_at=result.decided_at,
         findings=finding_messages(result.findings),

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
+from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
 
 from server.errors import FailedPrecondition, InvalidArgument, field_violation
 from server.ids import is_id
 from server.services.classifier import Classifier
 from server.services.convert import step_event
-from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
 
 EXPLAIN_METHOD = "/triage.v1.ExplainService/Explain"
 
@@ -22,18 +22,14 @@ class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
     def __init__(self, classifier: Classifier) -> None:
         self._classifier = classifier
 
-    async def Explain(  # type: ignore[override]  # noqa: N802 - the RPC's name
+    async def Explain(  # noqa: N802 - the RPC's name
         self, request: explain_service_pb2.ExplainRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
         subject = request.WhichOneof("subject")
         if subject == "classification_id":
             if not is_id(request.classification_id):
                 raise InvalidArgument(
-                    [
-                        field_violation(
-                            "classification_id", "must be a 26-character classification id", "INVALID_FORMAT"
-                        )
-                    ]
+                    [field_violation("classification_id", "must be a 26-character classification id", "INVALID_FORMAT")]
                 )
             raise FailedPrecondition(
                 "explaining an earlier classification needs stored cases, and this server stores none "

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, insert
+from sqlmodel import Session, col, select
 
 from server.errors import Unavailable
 from server.store.models import AuditEvent
@@ -107,15 +107,15 @@ class AuditLog:
         return await asyncio.to_thread(self._page, start, end, after_id, limit)
 
     def _page(self, start: datetime | None, end: datetime | None, after_id: str | None, limit: int) -> AuditPage:
-        query = select(AuditEvent).order_by(AuditEvent.classification_id).limit(limit + 1)  # type: ignore[arg-type]
+        query = select(AuditEvent).order_by(col(AuditEvent.classification_id)).limit(limit + 1)
         if start is not None:
-            query = query.where(AuditEvent.recorded_at >= start)  # type: ignore[arg-type]
+            query = query.where(col(AuditEvent.recorded_at) >= start)
         if end is not None:
-            query = query.where(AuditEvent.recorded_at < end)  # type: ignore[arg-type]
+            query = query.where(col(AuditEvent.recorded_at) < end)
         if after_id is not None:
-            query = query.where(AuditEvent.classification_id > after_id)  # type: ignore[arg-type]
+            query = query.where(col(AuditEvent.classification_id) > after_id)
         with Session(self._engine) as session:
-            events: Sequence[AuditEvent] = session.scalars(query).all()
+            events: Sequence[AuditEvent] = session.exec(query).all()
         return AuditPage(events=list(events[:limit]), has_more=len(events) > limit)
 
     async def close(self) -> None:

@@ -18,11 +18,11 @@ class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_events"
 
     classification_id: str = Field(primary_key=True, max_length=26)
-    recorded_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)  # type: ignore[call-overload]
+    recorded_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)
     method: str = Field(max_length=128)
     esi_level: int
     decided_at: int
-    finding_codes: list[str] = Field(default_factory=list, sa_type=JSON)  # type: ignore[call-overload]
+    finding_codes: list[str] = Field(default_factory=list, sa_type=JSON)
     ruleset_version: str = Field(max_length=64)
     input_hmac_sha256: str = Field(max_length=64)
     confidence: float

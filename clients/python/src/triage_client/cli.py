@@ -1,0 +1,277 @@
+"""`triage`: classify and explain cases, check health, read the audit log.
+
+    triage classify --age 67 --sex male --complaint "chest pain" --hr 110
+    triage explain --json case.json          # proto JSON of a TriageCase; - for stdin
+    triage health
+    triage admin audit --since 2026-11-01T00:00:00Z
+
+Readable output by default, `--output json` for machines. Exit status: 0 on
+success, 1 when the call fails (or health is not SERVING), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TextIO
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2
+
+from triage_client.client import Deadlines, ServingStatus, TriageClient
+from triage_client.errors import InvalidArgument, TriageError
+
+_AGE = re.compile(r"^(\d+)\s*(y|yr|yrs|years?|m|mo|mos|months?|d|days?)?$", re.IGNORECASE)
+_STEP_LETTER = {
+    classification_pb2.STEP_LIFE_SAVING: "A",
+    classification_pb2.STEP_HIGH_RISK: "B",
+    classification_pb2.STEP_RESOURCES: "C",
+    classification_pb2.STEP_DANGER_ZONE_VITALS: "D",
+    classification_pb2.STEP_REVIEW: "E",
+}
+_LEVEL_MEANING = {
+    1: "immediate life-saving intervention",
+    2: "should not wait",
+    3: "two or more resources",
+    4: "one resource",
+    5: "no resources",
+}
+
+
+def _enum_choices(enum: EnumDescriptor, prefix: str) -> dict[str, int]:
+    return {v.name.removeprefix(prefix).lower().replace("_", "-"): v.number for v in enum.values if v.number != 0}
+
+
+SEXES = _enum_choices(case_pb2.Sex.DESCRIPTOR, "SEX_")
+AVPU = _enum_choices(case_pb2.Avpu.DESCRIPTOR, "AVPU_")
+ARRIVALS = _enum_choices(case_pb2.ArrivalMode.DESCRIPTOR, "ARRIVAL_MODE_")
+RISKS = _enum_choices(case_pb2.RiskFactor.DESCRIPTOR, "RISK_FACTOR_")
+
+
+def parse_age(text: str) -> case_pb2.Age:
+    """'67' or '67y' is years, '5m'/'5mo' months, '10d' days."""
+    match = _AGE.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"age {text!r}: use 67, 67y, 5mo or 10d")
+    value, unit = int(match[1]), (match[2] or "y").lower()
+    age = case_pb2.Age()
+    if unit.startswith("d"):
+        age.days = value
+    elif unit.startswith("m"):
+        age.months = value
+    else:
+        age.years = value
+    return age
+
+
+def _blood_pressure(text: str) -> tuple[float, float]:
+    systolic, _, diastolic = text.partition("/")
+    try:
+        return float(systolic), float(diastolic)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"blood pressure {text!r}: use systolic/diastolic, e.g. 120/80") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triage", description="Client for the ED triage service.")
+    parser.add_argument("--target", help="host:port of the server (default $TRIAGE_TARGET or 127.0.0.1:50051)")
+    parser.add_argument("--api-key", help="API key (default $TRIAGE_API_KEY)")
+    parser.add_argument("--timeout", type=float, help="deadline of the call in seconds")
+    parser.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (
+        ("classify", "suggest an ESI level for a case"),
+        ("explain", "classify a case and print each step as it is decided"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        _add_case_arguments(command)
+        if name == "explain":
+            command.add_argument("--classification-id", help="explain an earlier classification instead")
+
+    health = commands.add_parser("health", help="check the server's health")
+    health.add_argument("--service", default="", help="service name, e.g. triage.v1.ClassifyService")
+
+    admin = commands.add_parser("admin", help="administration (admin role)")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    audit = admin_commands.add_parser("audit", help="list audit events, oldest first")
+    audit.add_argument("--since", type=datetime.fromisoformat, help="start time (ISO 8601, inclusive)")
+    audit.add_argument("--until", type=datetime.fromisoformat, help="end time (ISO 8601, exclusive)")
+    audit.add_argument("--limit", type=int, default=100, help="most events to print (0: all)")
+    return parser
+
+
+def _add_case_arguments(command: argparse.ArgumentParser) -> None:
+    source = command.add_argument_group("the case, from a file")
+    source.add_argument("--json", metavar="FILE", help="proto JSON of a TriageCase; - reads stdin")
+    case = command.add_argument_group("the case, from options")
+    case.add_argument("--age", type=parse_age, help="67 (years), 5mo (months) or 10d (days)")
+    case.add_argument("--sex", choices=sorted(SEXES))
+    case.add_argument("--complaint", help="chief complaint, as typed at triage")
+    case.add_argument("--history", help="free-text triage note")
+    case.add_argument("--hr", type=float, help="heart rate, beats/min")
+    case.add_argument("--rr", type=float, help="respiratory rate, breaths/min")
+    case.add_argument("--spo2", type=float, help="oxygen saturation, %%")
+    case.add_argument("--bp", type=_blood_pressure, help="blood pressure, systolic/diastolic mmHg")
+    case.add_argument("--temp", type=float, help="temperature, degrees Celsius")
+    case.add_argument("--pain", type=int, help="pain score 0-10")
+    case.add_argument("--gcs", type=int, help="Glasgow Coma Scale 3-15")
+    case.add_argument("--avpu", choices=sorted(AVPU))
+    case.add_argument("--ams", action="store_true", help="acute mental status change")
+    case.add_argument("--arrival", choices=sorted(ARRIVALS))
+    case.add_argument("--risk", action="append", choices=sorted(RISKS), default=[], help="repeatable")
+    case.add_argument("--case-ref", default="", help="your correlation id (never a patient identifier)")
+
+
+def case_from_args(args: argparse.Namespace, stdin: TextIO) -> case_pb2.TriageCase:
+    if args.json:
+        text = stdin.read() if args.json == "-" else open(args.json, encoding="utf-8").read()  # noqa: SIM115
+        return json_format.Parse(text, case_pb2.TriageCase())
+    case = case_pb2.TriageCase(chief_complaint=args.complaint or "", history=args.history or "", case_ref=args.case_ref)
+    if args.age is not None:
+        case.age.CopyFrom(args.age)
+    if args.sex:
+        case.sex = SEXES[args.sex]  # type: ignore[assignment]
+    if args.avpu:
+        case.avpu = AVPU[args.avpu]  # type: ignore[assignment]
+    if args.arrival:
+        case.arrival_mode = ARRIVALS[args.arrival]  # type: ignore[assignment]
+    case.acute_mental_status_change = args.ams
+    case.risk_factors.extend(RISKS[r] for r in args.risk)  # type: ignore[misc]
+    vitals = case.vitals
+    for option, field in (
+        ("hr", "heart_rate_bpm"),
+        ("rr", "respiratory_rate_per_min"),
+        ("spo2", "spo2_percent"),
+        ("temp", "temperature_c"),
+        ("pain", "pain_score"),
+        ("gcs", "gcs"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(vitals, field, value)
+    if args.bp is not None:
+        vitals.systolic_bp_mmhg, vitals.diastolic_bp_mmhg = args.bp
+    return case
+
+
+def format_classification(c: classification_pb2.Classification) -> str:
+    level = c.esi_level
+    lines = [
+        f"ESI {level}  {_LEVEL_MEANING.get(level, '')}   confidence {c.confidence:.2f}   "
+        f"decided at {_STEP_LETTER.get(c.decided_at, '?')} "
+        f"({classification_pb2.Step.Name(c.decided_at).removeprefix('STEP_').lower().replace('_', ' ')})",
+    ]
+    if c.findings:
+        lines.append("findings:")
+        lines += [f"  {_STEP_LETTER.get(f.step, '?')}  {f.text}  [{f.input_field}]" for f in c.findings]
+    if c.predicted_resources:
+        lines.append(f"predicted resources ({c.resource_count}):")
+        for r in c.predicted_resources:
+            kind = classification_pb2.ResourceKind.Name(r.kind).removeprefix("RESOURCE_KIND_").lower()
+            lines.append(f"  {kind:<24} {r.detail}: {r.reason}")
+    if c.warnings:
+        lines.append("warnings:")
+        lines += [f"  {w.text}" for w in c.warnings]
+    lines.append(f"rationale: {c.rationale}")
+    lines.append(
+        f"classification {c.classification_id}  ruleset {c.pipeline.ruleset_version}  {c.classified_at.ToJsonString()}"
+    )
+    return "\n".join(lines)
+
+
+def format_step(step: explain_service_pb2.StepEvent) -> str:
+    elapsed_ms = step.elapsed.ToNanoseconds() / 1e6
+    lines = [
+        f"{_STEP_LETTER.get(step.step, '?')}  {step.question}",
+        f"   -> {step.answer}   ({step.backend}, {elapsed_ms:.2f} ms)",
+    ]
+    lines += [f"      - {e.text}" for e in step.evidence]
+    return "\n".join(lines)
+
+
+def _json(message: Message) -> str:
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
+def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    as_json = args.output == "json"
+    try:
+        with TriageClient(args.target, api_key=args.api_key, deadlines=Deadlines()) as client:
+            if args.command in ("classify", "explain"):
+                return _classify_or_explain(client, args, stdin, stdout, parser, as_json)
+            if args.command == "health":
+                status = client.health(args.service, timeout=args.timeout)
+                name = ServingStatus.Name(status)
+                print(json.dumps({"status": name}) if as_json else name, file=stdout)
+                return 0 if status == ServingStatus.Value("SERVING") else 1
+            events = client.iter_audit_events(start_time=args.since, end_time=args.until)
+            for shown, event in enumerate(events, start=1):
+                print(_json(event) if as_json else _format_audit(event), file=stdout)
+                if args.limit and shown >= args.limit:
+                    break
+            return 0
+    except TriageError as error:
+        _print_error(error)
+        return 1
+    except (OSError, json_format.ParseError) as error:
+        parser.exit(2, f"triage: error: {error}\n")
+
+
+def _classify_or_explain(
+    client: TriageClient,
+    args: argparse.Namespace,
+    stdin: TextIO,
+    stdout: TextIO,
+    parser: argparse.ArgumentParser,
+    as_json: bool,
+) -> int:
+    if args.command == "explain" and args.classification_id:
+        stream = client.explain(classification_id=args.classification_id, timeout=args.timeout)
+    else:
+        if not args.json and (args.age is None or not args.complaint):
+            parser.error("give --age and --complaint, or --json FILE")
+        case = case_from_args(args, stdin)
+        if args.command == "classify":
+            classification = client.classify(case, timeout=args.timeout)
+            print(_json(classification) if as_json else format_classification(classification), file=stdout)
+            return 0
+        stream = client.explain(case, timeout=args.timeout)
+    for event in stream:
+        if as_json:
+            print(_json(event), file=stdout, flush=True)
+        elif event.HasField("step"):
+            print(format_step(event.step), file=stdout, flush=True)
+        elif event.HasField("narrative"):
+            print(event.narrative.text, end="", file=stdout, flush=True)
+        else:
+            print("\n" + format_classification(event.classification), file=stdout, flush=True)
+    return 0
+
+
+def _format_audit(event: admin_service_pb2.AuditEvent) -> str:
+    return (
+        f"{event.recorded_at.ToJsonString()}  {event.classification_id}  ESI {event.esi_level}  "
+        f"{','.join(event.finding_codes)}"
+    )
+
+
+def _print_error(error: TriageError) -> None:
+    print(f"triage: {error}", file=sys.stderr)
+    if isinstance(error, InvalidArgument):
+        for violation in error.field_violations:
+            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+    if error.retry_delay is not None:
+        print(f"  retry after {error.retry_delay.total_seconds():g} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

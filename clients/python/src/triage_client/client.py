@@ -1,0 +1,422 @@
+"""TriageClient and AsyncTriageClient: typed, with deadlines, retries and credentials.
+
+Both wrap the generated stubs of triage.v1. Every call has a default deadline,
+retries on UNAVAILABLE through the gRPC service config (never for calls that
+change state), sends `authorization: Bearer <key>` when a key is set, and
+raises a typed `TriageError` carrying the server's details.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2
+from triage.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    case_pb2,
+    classification_pb2,
+    classify_service_pb2,
+    classify_service_pb2_grpc,
+    explain_service_pb2,
+    explain_service_pb2_grpc,
+)
+
+from triage_client.errors import from_rpc_error
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Default deadline of each kind of call, in seconds."""
+
+    classify_seconds: float = 5.0
+    explain_seconds: float = 30.0
+    health_seconds: float = 2.0
+    admin_seconds: float = 10.0
+
+
+_READ_ONLY_ADMIN = ("GetConfig", "ListBackends", "ListApiKeys", "GetUsage", "ListAuditEvents")
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "triage.v1.ClassifyService"},
+                    {"service": "triage.v1.ExplainService"},
+                    {"service": "grpc.health.v1.Health", "method": "Check"},
+                    *({"service": "triage.v1.AdminService", "method": m} for m in _READ_ONLY_ADMIN),
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.service_config", _SERVICE_CONFIG),
+    ("grpc.enable_retries", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+
+def _settings(target: str | None, api_key: str | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    target = target or os.environ.get("TRIAGE_TARGET") or DEFAULT_TARGET
+    key = api_key if api_key is not None else os.environ.get("TRIAGE_API_KEY", "")
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    return target, metadata
+
+
+def audit_request(
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> admin_service_pb2.ListAuditEventsRequest:
+    request = admin_service_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token)
+    if start_time is not None:
+        request.start_time.FromDatetime(start_time)
+    if end_time is not None:
+        request.end_time.FromDatetime(end_time)
+    return request
+
+
+def explain_request(
+    case: case_pb2.TriageCase | None, classification_id: str | None
+) -> explain_service_pb2.ExplainRequest:
+    if (case is None) == (classification_id is None):
+        raise ValueError("give exactly one of case or classification_id")
+    if case is not None:
+        return explain_service_pb2.ExplainRequest(case=case)
+    return explain_service_pb2.ExplainRequest(classification_id=str(classification_id))
+
+
+# The health stubs' types omit HealthStub's methods, so the clients bind Check directly.
+_HEALTH_REQUEST = health_pb2.HealthCheckRequest.SerializeToString
+_HEALTH_RESPONSE = health_pb2.HealthCheckResponse.FromString
+
+
+class TriageClient:
+    """A blocking client. Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        deadlines: Deadlines = Deadlines(),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY."""
+        self.target, self._metadata = _settings(target, api_key)
+        self.deadlines = deadlines
+        self._channel = channel or grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._classify = classify_service_pb2_grpc.ClassifyServiceStub(self._channel)
+        self._explain = explain_service_pb2_grpc.ExplainServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._health_check: grpc.UnaryUnaryMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = self._channel.unary_unary(
+            HEALTH_CHECK, request_serializer=_HEALTH_REQUEST, response_deserializer=_HEALTH_RESPONSE
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None
+    ) -> _Response:
+        try:
+            return method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def classify(self, case: case_pb2.TriageCase, *, timeout: float | None = None) -> classification_pb2.Classification:
+        """Suggests an ESI level for the case."""
+        request = classify_service_pb2.ClassifyRequest(case=case)
+        response = self._call(self._classify.Classify, request, timeout or self.deadlines.classify_seconds)
+        return response.classification
+
+    def explain(
+        self,
+        case: case_pb2.TriageCase | None = None,
+        *,
+        classification_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[explain_service_pb2.ExplainResponse]:
+        """Yields each step as the server completes it; the classification comes last."""
+        request = explain_request(case, classification_id)
+        stream = self._explain.Explain(
+            request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            stream.cancel()
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> int:
+        """The serving status of a service ("" for the whole server), a ServingStatus value."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._call(self._health_check, request, timeout or self.deadlines.health_seconds)
+        return response.status
+
+    def _admin_deadline(self, timeout: float | None) -> float:
+        return timeout or self.deadlines.admin_seconds
+
+    def list_audit_events(
+        self, request: admin_service_pb2.ListAuditEventsRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListAuditEventsResponse:
+        """One page of the audit log (admin); see iter_audit_events for all of them."""
+        return self._call(
+            self._admin.ListAuditEvents,
+            request or admin_service_pb2.ListAuditEventsRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    def iter_audit_events(
+        self, *, start_time: datetime | None = None, end_time: datetime | None = None, page_size: int = 0
+    ) -> Iterator[admin_service_pb2.AuditEvent]:
+        """Every audit event in the range, fetching page after page."""
+        token = ""
+        while True:
+            request = audit_request(page_size=page_size, page_token=token, start_time=start_time, end_time=end_time)
+            page = self.list_audit_events(request)
+            yield from page.audit_events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_config(
+        self, request: admin_service_pb2.GetConfigRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.GetConfigResponse:
+        return self._call(
+            self._admin.GetConfig,
+            request or admin_service_pb2.GetConfigRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    def update_config(
+        self, request: admin_service_pb2.UpdateConfigRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.UpdateConfigResponse:
+        return self._call(self._admin.UpdateConfig, request, self._admin_deadline(timeout))
+
+    def list_backends(
+        self, request: admin_service_pb2.ListBackendsRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListBackendsResponse:
+        return self._call(
+            self._admin.ListBackends,
+            request or admin_service_pb2.ListBackendsRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    def create_api_key(
+        self, request: admin_service_pb2.CreateApiKeyRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.CreateApiKeyResponse:
+        return self._call(self._admin.CreateApiKey, request, self._admin_deadline(timeout))
+
+    def list_api_keys(
+        self, request: admin_service_pb2.ListApiKeysRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListApiKeysResponse:
+        return self._call(
+            self._admin.ListApiKeys,
+            request or admin_service_pb2.ListApiKeysRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    def revoke_api_key(
+        self, request: admin_service_pb2.RevokeApiKeyRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.RevokeApiKeyResponse:
+        return self._call(self._admin.RevokeApiKey, request, self._admin_deadline(timeout))
+
+    def get_usage(
+        self, request: admin_service_pb2.GetUsageRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.GetUsageResponse:
+        return self._call(
+            self._admin.GetUsage,
+            request or admin_service_pb2.GetUsageRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+
+class AsyncTriageClient:
+    """An asyncio client with the same methods as TriageClient, awaited."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        deadlines: Deadlines = Deadlines(),
+        channel: aio.Channel | None = None,
+    ) -> None:
+        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY."""
+        self.target, self._metadata = _settings(target, api_key)
+        self.deadlines = deadlines
+        self._channel = channel or aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._classify = classify_service_pb2_grpc.ClassifyServiceStub(self._channel)
+        self._explain = explain_service_pb2_grpc.ExplainServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._health_check: aio.UnaryUnaryMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = self._channel.unary_unary(
+            HEALTH_CHECK, request_serializer=_HEALTH_REQUEST, response_deserializer=_HEALTH_RESPONSE
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(
+        self, method: aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None
+    ) -> _Response:
+        try:
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def classify(
+        self, case: case_pb2.TriageCase, *, timeout: float | None = None
+    ) -> classification_pb2.Classification:
+        """Suggests an ESI level for the case."""
+        request = classify_service_pb2.ClassifyRequest(case=case)
+        response = await self._call(self._classify.Classify, request, timeout or self.deadlines.classify_seconds)
+        return response.classification
+
+    async def explain(
+        self,
+        case: case_pb2.TriageCase | None = None,
+        *,
+        classification_id: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
+        """Yields each step as the server completes it; the classification comes last."""
+        request = explain_request(case, classification_id)
+        call = self._explain.Explain(
+            request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> int:
+        """The serving status of a service ("" for the whole server), a ServingStatus value."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._call(self._health_check, request, timeout or self.deadlines.health_seconds)
+        return response.status
+
+    def _admin_deadline(self, timeout: float | None) -> float:
+        return timeout or self.deadlines.admin_seconds
+
+    async def list_audit_events(
+        self, request: admin_service_pb2.ListAuditEventsRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListAuditEventsResponse:
+        """One page of the audit log (admin); see iter_audit_events for all of them."""
+        return await self._call(
+            self._admin.ListAuditEvents,
+            request or admin_service_pb2.ListAuditEventsRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    async def iter_audit_events(
+        self, *, start_time: datetime | None = None, end_time: datetime | None = None, page_size: int = 0
+    ) -> AsyncIterator[admin_service_pb2.AuditEvent]:
+        """Every audit event in the range, fetching page after page."""
+        token = ""
+        while True:
+            request = audit_request(page_size=page_size, page_token=token, start_time=start_time, end_time=end_time)
+            page = await self.list_audit_events(request)
+            for event in page.audit_events:
+                yield event
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_config(
+        self, request: admin_service_pb2.GetConfigRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.GetConfigResponse:
+        return await self._call(
+            self._admin.GetConfig,
+            request or admin_service_pb2.GetConfigRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    async def update_config(
+        self, request: admin_service_pb2.UpdateConfigRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.UpdateConfigResponse:
+        return await self._call(self._admin.UpdateConfig, request, self._admin_deadline(timeout))
+
+    async def list_backends(
+        self, request: admin_service_pb2.ListBackendsRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListBackendsResponse:
+        return await self._call(
+            self._admin.ListBackends,
+            request or admin_service_pb2.ListBackendsRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    async def create_api_key(
+        self, request: admin_service_pb2.CreateApiKeyRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.CreateApiKeyResponse:
+        return await self._call(self._admin.CreateApiKey, request, self._admin_deadline(timeout))
+
+    async def list_api_keys(
+        self, request: admin_service_pb2.ListApiKeysRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.ListApiKeysResponse:
+        return await self._call(
+            self._admin.ListApiKeys,
+            request or admin_service_pb2.ListApiKeysRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
+
+    async def revoke_api_key(
+        self, request: admin_service_pb2.RevokeApiKeyRequest, *, timeout: float | None = None
+    ) -> admin_service_pb2.RevokeApiKeyResponse:
+        return await self._call(self._admin.RevokeApiKey, request, self._admin_deadline(timeout))
+
+    async def get_usage(
+        self, request: admin_service_pb2.GetUsageRequest | None = None, *, timeout: float | None = None
+    ) -> admin_service_pb2.GetUsageResponse:
+        return await self._call(
+            self._admin.GetUsage,
+            request or admin_service_pb2.GetUsageRequest(),
+            timeout or self.deadlines.admin_seconds,
+        )
