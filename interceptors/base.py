@@ -18,7 +18,8 @@ from grpc import aio
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Behaviour: TypeAlias = Callable[[Any, Context], Any]
-Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+Deserializer: TypeAlias = Callable[[bytes], Any] | None
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in typeshed
 
 
 class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
@@ -51,6 +52,10 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
             wrapped = self._wrapped[method_name] = self._wrap(handler, method_name)
         return wrapped
 
+    def request_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        """Lets an interceptor replace how requests are parsed; unchanged by default."""
+        return deserializer
+
     def _wrap(self, handler: Handler, method_name: str) -> Handler:
         # grpc.aio handlers hold coroutine functions; typeshed types them as sync.
         inner: Behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary  # type: ignore[assignment]
@@ -63,7 +68,7 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behaviour,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.request_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
 
@@ -72,7 +77,7 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
 
         return grpc.unary_unary_rpc_method_handler(
             unary_behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.request_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

@@ -1,8 +1,10 @@
 """Turns exceptions into gRPC status codes with google.rpc details, in one place.
 
-A ServiceError becomes its status and details. Anything else is our fault:
-INTERNAL with a generic message, and a log line naming only the exception
-type, because an exception's text may quote patient content.
+A ServiceError becomes its status and details. A request that cannot be parsed
+(corrupt wire format, invalid UTF-8) becomes INVALID_ARGUMENT, not the UNKNOWN
+grpc would answer. Anything else is our fault: INTERNAL with a generic message,
+and a log line naming only the exception type and where it was raised,
+because an exception's text may quote patient content.
 """
 
 from __future__ import annotations
@@ -10,27 +12,48 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
-from server.errors import Internal, ServiceError
+from interceptors.base import Behaviour, Context, Deserializer, ServerInterceptor, call_through
+from server.errors import Internal, InvalidArgument, ServiceError, field_violation
 
 log = logging.getLogger("triage.errors")
 
 
-class ErrorInterceptor(ServerInterceptor):
-    """Maps ServiceError (and unexpected exceptions) to a status with rich details."""
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse, so the call can answer properly."""
 
-    async def intercept(
-        self,
-        method: Behaviour,
-        request: Any,
-        context: Context,
-        method_name: str,
-    ) -> Any:
+    reason: str
+
+
+class ErrorInterceptor(ServerInterceptor):
+    """Maps ServiceError, unparsable requests and unexpected exceptions to a status."""
+
+    def request_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        if deserializer is None:
+            return None
+        parse = deserializer
+
+        def parse_or_mark(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError as error:
+                # protobuf's message names the type and the fault, never the content.
+                return MalformedRequest(str(error))
+
+        return parse_or_mark
+
+    async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidArgument(
+                    [field_violation("request", f"could not be parsed: {request.reason}", "MALFORMED_REQUEST")]
+                )
             response = await call_through(method, request, context)
         except Exception as error:  # noqa: BLE001 - every error must become a status
             await self._abort(error, context, method_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         settings = Settings()
         configure_logging(settings.log_level)
+        unknown = Settings.unknown_variables()
+        if unknown:
+            logging.getLogger("triage.config").warning(
+                "ignoring unknown TRIAGE_* variables", extra={"fields": {"variables": unknown}}
+            )
         from server.app import serve
 
         asyncio.run(serve(settings))

@@ -1,11 +1,14 @@
 """The server's configuration: one typed class, read from TRIAGE_* variables.
 
 Every setting has a default that works on a laptop (`make run`); units are in
-the names. Unknown TRIAGE_* variables are rejected so a typo fails loudly.
+the names. TRIAGE_* variables that are no setting (a typo such as TRIAGE_PROT)
+are reported at startup by `unknown_variables`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -52,3 +55,13 @@ class Settings(BaseSettings):
         description="Records waiting for the audit store before calls are refused with UNAVAILABLE.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str] = os.environ) -> list[str]:
+        """TRIAGE_* variables that configure nothing here (the client's own are known)."""
+        known = {f"TRIAGE_{name.upper()}" for name in cls.model_fields} | CLIENT_VARIABLES
+        return sorted(name for name in environ if name.startswith("TRIAGE_") and name not in known)
+
+
+# Read by the client and the `triage` command, not by the server.
+CLIENT_VARIABLES = frozenset({"TRIAGE_TARGET", "TRIAGE_API_KEY"})

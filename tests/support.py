@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: building cases the way callers do."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from triage.v1 import case_pb2
+
+_AGE = re.compile(r"^(\d+)(y|mo|d)$")
+
+
+def make_case(
+    complaint: str,
+    age: str = "40y",
+    *,
+    sex: str = "",
+    history: str = "",
+    vitals: Mapping[str, float] | None = None,
+    avpu: str = "",
+    ams: bool = False,
+    risks: tuple[str, ...] = (),
+    arrival: str = "",
+    case_ref: str = "",
+) -> case_pb2.TriageCase:
+    """A TriageCase from test-friendly values: age "67y", "5mo" or "10d"; enum names in lower case."""
+    case = case_pb2.TriageCase(chief_complaint=complaint, history=history, case_ref=case_ref)
+    match = _AGE.match(age)
+    assert match is not None, age
+    setattr(case.age, {"y": "years", "mo": "months", "d": "days"}[match[2]], int(match[1]))
+    for name, value in (vitals or {}).items():
+        setattr(case.vitals, name, value)
+    if sex:
+        case.sex = case_pb2.Sex.Value(f"SEX_{sex.upper()}")
+    if avpu:
+        case.avpu = case_pb2.Avpu.Value(f"AVPU_{avpu.upper()}")
+    if arrival:
+        case.arrival_mode = case_pb2.ArrivalMode.Value(f"ARRIVAL_MODE_{arrival.upper()}")
+    case.acute_mental_status_change = ams
+    case.risk_factors.extend(case_pb2.RiskFactor.Value(f"RISK_FACTOR_{r.upper()}") for r in risks)
+    return case
+
+
+def case_kwargs(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """make_case arguments from a row of clinical_cases.toml."""
+    keys = ("age", "sex", "history", "vitals", "avpu", "ams", "arrival")
+    kwargs = {key: entry[key] for key in keys if key in entry}
+    if "risks" in entry:
+        kwargs["risks"] = tuple(entry["risks"])
+    return kwargs

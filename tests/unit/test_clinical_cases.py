@@ -1,0 +1,56 @@
+"""The rules engine on clinical cases, one test per row of clinical_cases.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.esi.engine import RulesEngine
+from server.pipeline.pipeline import Pipeline
+from server.validation import validate_case
+from tests.support import case_kwargs, make_case
+from triage.v1 import classification_pb2
+
+CASES: list[dict[str, Any]] = tomllib.loads((Path(__file__).parent / "clinical_cases.toml").read_text())["case"]
+STEPS = {
+    "life_saving": classification_pb2.STEP_LIFE_SAVING,
+    "high_risk": classification_pb2.STEP_HIGH_RISK,
+    "resources": classification_pb2.STEP_RESOURCES,
+    "danger_zone_vitals": classification_pb2.STEP_DANGER_ZONE_VITALS,
+    "review": classification_pb2.STEP_REVIEW,
+}
+
+
+@pytest.mark.parametrize("entry", CASES, ids=[c["id"] for c in CASES])
+async def test_clinical_case(entry: dict[str, Any], engine: RulesEngine) -> None:
+    pipeline = Pipeline(engine, danger_zone_policy=entry.get("policy", "up_triage"))
+    case = validate_case(make_case(entry["complaint"], **case_kwargs(entry)))
+
+    result = await pipeline.classify(case)
+
+    codes = {f.code for f in result.findings}
+    explanation = f"{result.rationale} findings={sorted(codes)}"
+    assert result.esi_level == entry["level"], explanation
+    if "decided_at" in entry:
+        assert result.decided_at == STEPS[entry["decided_at"]], explanation
+    for code in entry.get("findings", ()):
+        assert code in codes, explanation
+    for code in entry.get("absent", ()):
+        assert code not in codes, explanation
+    if "resources" in entry:
+        assert result.resource_count == entry["resources"], [r.detail for r in result.resources]
+    if "min_resources" in entry:
+        assert result.resource_count >= entry["min_resources"], [r.detail for r in result.resources]
+    for code in entry.get("warnings", ()):
+        assert code in {w.code for w in result.warnings}, result.warnings
+    if "max_confidence" in entry:
+        assert result.confidence <= entry["max_confidence"]
+
+
+def test_every_case_names_a_level_and_a_unique_id() -> None:
+    ids = [c["id"] for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert all(c["level"] in (1, 2, 3, 4, 5) for c in CASES)

@@ -1,0 +1,102 @@
+"""The text analyzer on the shorthand, misspellings and negations nurses write."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.esi.engine import RulesEngine
+from server.esi.text import singular
+from server.pipeline.model import Case
+from server.validation import validate_case
+from tests.support import make_case
+
+# (text, concepts mentioned and current, concepts mentioned but negated/past/chronic)
+CASES = [
+    # ESI.md's abbreviations
+    ("SOB", {"dyspnea"}, set()),
+    ("CP x2h", {"chest_pain"}, set()),
+    ("abd pain", {"abdominal_pain"}, set()),
+    ("s/p fall", {"fall"}, set()),
+    ("r/o MI", {"acute_coronary_syndrome"}, set()),
+    ("N/V/D", {"nausea_vomiting", "diarrhea"}, set()),
+    ("BRBPR", {"rectal_bleeding"}, set()),
+    ("SI/HI", {"suicidal", "homicidal"}, set()),
+    ("MVC +LOC", {"vehicle_crash", "syncope"}, set()),
+    ("AMS", {"altered_mental_status"}, set()),
+    # several complaints in one line, with slashes and commas
+    ("CP/SOB, N/V", {"chest_pain", "dyspnea", "nausea_vomiting"}, set()),
+    ("LETHARGY/SOB", {"altered_mental_status", "dyspnea"}, set()),
+    # misspellings: from the table and by edit distance
+    ("diarhea and vomitting", {"diarrhea", "nausea_vomiting"}, set()),
+    ("? AORTIC DISECTION", {"aortic_emergency"}, set()),
+    ("pnuemonia", {"pneumonia"}, set()),
+    ("abdominla pain", {"abdominal_pain"}, set()),
+    ("sucidal", {"suicidal"}, set()),
+    # British spellings
+    ("haematemesis", {"hematemesis"}, set()),
+    ("diarrhoea", {"diarrhea"}, set()),
+    # plurals and inflections
+    ("seizures", {"seizure"}, set()),
+    ("lacerations to hand", {"laceration"}, set()),
+    # negation before, across a list, and after
+    ("denies CP", set(), {"chest_pain"}),
+    ("no fever, chills or vomiting", set(), {"fever", "nausea_vomiting"}),
+    ("denies any recent chest pain or shortness of breath", set(), {"chest_pain", "dyspnea"}),
+    ("no CP but c/o abd pain", {"abdominal_pain"}, {"chest_pain"}),
+    ("pregnancy test negative", set(), {"pregnancy_test"}),
+    ("w/o LOC", set(), {"syncope"}),
+    # pseudo-negations are not negations
+    ("vomiting, no relief with zofran", {"nausea_vomiting"}, set()),
+    ("not responding to tylenol, fever", {"fever"}, set()),
+    # history and chronicity
+    ("hx CVA, now L arm weakness", {"stroke_signs"}, set()),
+    ("PMH: HTN, DM", set(), {"hypertension"}),
+    ("confused at baseline", set(), {"altered_mental_status"}),
+    # common words that are one letter from a clinical word stay themselves
+    ("turning blue", {"severe_respiratory_distress"}, set()),
+    ("would like a refill", {"medication_refill"}, set()),
+]
+
+
+@pytest.mark.parametrize(("text", "current", "not_current"), CASES, ids=[c[0] for c in CASES])
+def test_reads_concepts(engine: RulesEngine, text: str, current: set[str], not_current: set[str]) -> None:
+    mentions = engine._analyzer.analyze(text, "chief_complaint")
+
+    found = {m.concept for m in mentions if not (m.negated or m.historical or m.chronic)}
+    other = {m.concept for m in mentions if m.negated or m.historical or m.chronic}
+    assert current <= found, mentions
+    assert not_current <= other, mentions
+    assert not (not_current & found), mentions
+
+
+def test_quotes_the_source_text_exactly(engine: RulesEngine) -> None:
+    text = "Pt can't breathe, CP  radiating to L arm"
+
+    quotes = {m.concept: m.quote for m in engine._analyzer.analyze(text, "chief_complaint")}
+
+    assert quotes["dyspnea"] == "can't breathe"
+    assert quotes["chest_pain"] == "CP"
+
+
+def test_historical_risk_conditions_still_count(engine: RulesEngine) -> None:
+    facts = engine.read(_case("ankle pain", history="history of kidney transplant"))
+
+    assert "immunocompromised" in facts.mentions
+
+
+def test_unicode_and_control_characters_do_not_break_reading(engine: RulesEngine) -> None:
+    mentions = engine._analyzer.analyze("ＣＰ\u200b\x00 — SOB…", "chief_complaint")
+
+    assert {m.concept for m in mentions} >= {"chest_pain", "dyspnea"}
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [("seizures", "seizure"), ("injuries", "injury"), ("abscess", "abscess"), ("sepsis", "sepsis"), ("has", "has")],
+)
+def test_singular(word: str, expected: str) -> None:
+    assert singular(word) == expected
+
+
+def _case(complaint: str, history: str = "") -> Case:
+    return validate_case(make_case(complaint, history=history))
