@@ -8,7 +8,6 @@ import signal
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine
 from triage.v1 import (
     admin_service_pb2,
@@ -23,6 +22,7 @@ from interceptors.errors import ErrorInterceptor
 from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
+from server.reflection import enable_reflection
 from server.secret import load_server_secret
 from server.services.admin import AdminService
 from server.services.classifier import Classifier
@@ -71,7 +71,7 @@ class TriageServer:
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(audit), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
         self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise OSError(f"could not bind {settings.host}:{settings.port}")

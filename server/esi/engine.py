@@ -7,9 +7,10 @@ from those facts. Deterministic: the same case and tables give the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from triage.v1 import case_pb2, classification_pb2
 
@@ -95,6 +96,37 @@ def _mention_evidence(mention: Mention) -> Evidence:
     return Evidence(f"{_FIELD_LABELS[mention.input_field]} '{mention.quote}'", mention.input_field)
 
 
+_Entry = TypeVar("_Entry")
+
+
+class ConditionIndex(Generic[_Entry]):
+    """Table entries indexed by one thing their condition requires.
+
+    Every condition needs a concept, a vital state or a risk factor (or no fever
+    source), so only entries whose first required group meets something present
+    in the case can match: the rest are never evaluated. Order is kept.
+    """
+
+    def __init__(self, entries: Sequence[_Entry], condition: Callable[[_Entry], Condition]) -> None:
+        self._entries = tuple(entries)
+        self._by_key: dict[object, list[int]] = defaultdict(list)
+        self._always: list[int] = []
+        for position, entry in enumerate(self._entries):
+            when = condition(entry)
+            keys: tuple[object, ...] = when.concepts or when.states or when.risk_factors
+            if not keys:
+                self._always.append(position)
+            for key in keys:
+                self._by_key[key].append(position)
+
+    def candidates(self, facts: CaseFacts) -> list[_Entry]:
+        positions = set(self._always)
+        for present in (facts.mentions, facts.states, facts.risk_factors):
+            for key in present:
+                positions.update(self._by_key.get(key, ()))
+        return [self._entries[p] for p in sorted(positions)]
+
+
 class RulesEngine:
     """Answers the ESI decision points from the clinical tables."""
 
@@ -103,6 +135,13 @@ class RulesEngine:
     def __init__(self, tables: Tables | None = None) -> None:
         self.tables = tables or load_tables()
         self._analyzer = TextAnalyzer(self.tables.lexicon, self.tables.concepts.values())
+        rules = self.tables.rules
+        self._rules = {
+            step: ConditionIndex([r for r in rules if r.step == step], lambda r: r.when)
+            for step in ("life_saving", "high_risk")
+        }
+        self._floors = ConditionIndex(self.tables.floors, lambda f: f.when)
+        self._modifiers = ConditionIndex(self.tables.resources.modifier, lambda m: m.when)
 
     @property
     def version(self) -> str:
@@ -209,9 +248,7 @@ class RulesEngine:
     ) -> StepResult:
         findings: list[Finding] = []
         certainty = 0.0
-        for rule in self.tables.rules:
-            if rule.step != step_name:
-                continue
+        for rule in self._rules[step_name].candidates(facts):
             evidence = self.match(facts, rule.when)
             if evidence is None:
                 continue
@@ -265,7 +302,7 @@ class RulesEngine:
                 f"{self.tables.concepts[concept_id].label} ({_mention_evidence(mention).text})",
                 mention.input_field,
             )
-        for modifier in self.tables.resources.modifier:
+        for modifier in self._modifiers.candidates(facts):
             evidence = self.match(facts, modifier.when)
             if evidence is not None:
                 add(modifier.add, f"{modifier.reason} ({'; '.join(e.text for e in evidence)})", evidence[0].input_field)
@@ -388,7 +425,7 @@ class RulesEngine:
         level = deciding.level
         assert level is not None
         findings: list[Finding] = []
-        for floor in self.tables.floors:
+        for floor in self._floors.candidates(facts):
             evidence = self.match(facts, floor.when)
             if evidence is not None and level > floor.at_least_level:
                 level = floor.at_least_level

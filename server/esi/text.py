@@ -27,6 +27,7 @@ _PUNCTUATION = frozenset(".,;:!?()+\n-")
 # A colon joins ("PMH: HTN, DM") rather than ends a clause.
 _CLAUSE_END = frozenset(".;!\n")
 # Scopes reach across a few words ("denies any recent chest pain") but no further.
+_HYPHEN_IN_WORD = re.compile(r"(?<=[a-z0-9])-(?=[a-z0-9])")
 _GAP_BEFORE_FIRST = 3
 _GAP_BETWEEN = 2
 _AFTER_WINDOW = 2
@@ -310,6 +311,9 @@ def _fold(text: str) -> tuple[str, list[int]]:
     Apostrophes vanish ("can't" -> "cant"); a hyphen inside a word splits it
     ("x-ray" -> "x ray") while a free-standing dash stays punctuation.
     """
+    if text.isascii() and not any(mark in text for mark in "'`"):
+        # The common case needs no per-character work: folding keeps every offset.
+        return _HYPHEN_IN_WORD.sub(" ", text.lower()), list(range(len(text) + 1))
     chars: list[str] = []
     origin: list[int] = []
     for index, char in enumerate(text):

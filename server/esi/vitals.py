@@ -7,7 +7,7 @@ and findings never need to re-derive them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -83,101 +83,68 @@ def _number(value: float) -> str:
 
 
 def assess_vitals(case: Case, t: VitalThresholds) -> dict[str, VitalState]:
-    """Every state the case's vital signs and responsiveness are in."""
+    """Every state the case's vital signs and responsiveness are in, with its evidence."""
     v = case.vitals
     days = case.age.days
+    age = case.age.text
     states: dict[str, VitalState] = {}
 
     def add(code: str, field: str, text: str) -> None:
         states.setdefault(code, VitalState(code, text, field))
 
-    def check(value: float | None, field: str, rules: list[tuple[str, Callable[[float], bool], str]]) -> None:
-        if value is None:
-            return
-        for code, test, text in rules:
-            if test(value):
-                add(code, field, text.format(value=_number(value)))
+    spo2 = v.spo2_percent
+    if spo2 is not None:
+        for code, limit in (
+            ("life_threatening_hypoxia", t.spo2_life_saving_below),
+            ("danger_zone_spo2", t.spo2_danger_zone_below),
+            ("low_spo2", t.spo2_low_below),
+        ):
+            if spo2 < limit:
+                add(code, SPO2, f"SpO2 {_number(spo2)} % < {_number(limit)} %")
 
-    check(
-        v.spo2_percent,
-        SPO2,
-        [
-            (
-                "life_threatening_hypoxia",
-                lambda x: x < t.spo2_life_saving_below,
-                f"SpO2 {{value}} % < {_number(t.spo2_life_saving_below)} %",
-            ),
-            (
-                "danger_zone_spo2",
-                lambda x: x < t.spo2_danger_zone_below,
-                f"SpO2 {{value}} % < {_number(t.spo2_danger_zone_below)} %",
-            ),
-            ("low_spo2", lambda x: x < t.spo2_low_below, f"SpO2 {{value}} % < {_number(t.spo2_low_below)} %"),
-        ],
-    )
-
-    zone = danger_zone_band(t, days)
-    rates = band_for(t.heart_rate, days)
-    check(
-        v.heart_rate_bpm,
-        HEART_RATE,
-        [
-            ("no_pulse", lambda x: x == 0, "heart rate 0/min: no pulse"),
-            (
-                "severe_bradycardia",
-                lambda x: x < rates.bradycardia_below,
-                f"heart rate {{value}}/min < {_number(rates.bradycardia_below)}/min for age {case.age.text}",
-            ),
-            (
+    heart_rate = v.heart_rate_bpm
+    if heart_rate is not None:
+        rates = band_for(t.heart_rate, days)
+        zone = danger_zone_band(t, days)
+        text = f"heart rate {_number(heart_rate)}/min"
+        if heart_rate == 0:
+            add("no_pulse", HEART_RATE, f"{text}: no pulse")
+        if heart_rate < rates.bradycardia_below:
+            add("severe_bradycardia", HEART_RATE, f"{text} < {_number(rates.bradycardia_below)}/min for age {age}")
+        if heart_rate >= rates.tachycardia_at_or_above:
+            add(
                 "extreme_tachycardia",
-                lambda x: x >= rates.tachycardia_at_or_above,
-                f"heart rate {{value}}/min >= {_number(rates.tachycardia_at_or_above)}/min for age {case.age.text}",
-            ),
-            (
-                "danger_zone_heart_rate",
-                lambda x: x > zone.heart_rate_above,
-                f"heart rate {{value}}/min > {_number(zone.heart_rate_above)}/min for age {case.age.text}",
-            ),
-        ],
-    )
-    check(
-        v.respiratory_rate_per_min,
-        RESPIRATORY_RATE,
-        [
-            (
-                "hypoventilation",
-                lambda x: x < t.respiratory_rate_life_saving_below,
-                f"respiratory rate {{value}}/min < {_number(t.respiratory_rate_life_saving_below)}/min",
-            ),
-            (
-                "danger_zone_respiratory_rate",
-                lambda x: x > zone.respiratory_rate_above,
-                f"respiratory rate {{value}}/min > {_number(zone.respiratory_rate_above)}/min for age {case.age.text}",
-            ),
-        ],
-    )
+                HEART_RATE,
+                f"{text} >= {_number(rates.tachycardia_at_or_above)}/min for age {age}",
+            )
+        if heart_rate > zone.heart_rate_above:
+            add("danger_zone_heart_rate", HEART_RATE, f"{text} > {_number(zone.heart_rate_above)}/min for age {age}")
 
-    low = band_for(t.hypotension, days)
-    systolic_floor = low.systolic_below + low.plus_per_year_of_age * int(days // DAYS_PER_YEAR)
-    profound_floor = systolic_floor - t.profound_hypotension_margin_mmhg
-    check(
-        v.systolic_bp_mmhg,
-        SYSTOLIC,
-        [
-            (
-                "hypotension",
-                lambda x: x < systolic_floor,
-                f"systolic BP {{value}} mmHg < {_number(systolic_floor)} mmHg for age {case.age.text}",
-            ),
-            (
-                "profound_hypotension",
-                lambda x: x < profound_floor,
-                f"systolic BP {{value}} mmHg < {_number(profound_floor)} mmHg for age {case.age.text}",
-            ),
-        ],
-    )
+    respiratory_rate = v.respiratory_rate_per_min
+    if respiratory_rate is not None:
+        zone = danger_zone_band(t, days)
+        text = f"respiratory rate {_number(respiratory_rate)}/min"
+        if respiratory_rate < t.respiratory_rate_life_saving_below:
+            add("hypoventilation", RESPIRATORY_RATE, f"{text} < {_number(t.respiratory_rate_life_saving_below)}/min")
+        if respiratory_rate > zone.respiratory_rate_above:
+            add(
+                "danger_zone_respiratory_rate",
+                RESPIRATORY_RATE,
+                f"{text} > {_number(zone.respiratory_rate_above)}/min for age {age}",
+            )
+
+    systolic, diastolic = v.systolic_bp_mmhg, v.diastolic_bp_mmhg
+    if systolic is not None:
+        low = band_for(t.hypotension, days)
+        floor = low.systolic_below + low.plus_per_year_of_age * int(days // DAYS_PER_YEAR)
+        text = f"systolic BP {_number(systolic)} mmHg"
+        if systolic < floor:
+            add("hypotension", SYSTOLIC, f"{text} < {_number(floor)} mmHg for age {age}")
+        profound = floor - t.profound_hypotension_margin_mmhg
+        if systolic < profound:
+            add("profound_hypotension", SYSTOLIC, f"{text} < {_number(profound)} mmHg for age {age}")
     if days >= t.hypertension_min_age:
-        for code, systolic, diastolic in (
+        for code, systolic_limit, diastolic_limit in (
             (
                 "extreme_hypertension",
                 t.extreme_hypertension_systolic_at_or_above,
@@ -189,37 +156,26 @@ def assess_vitals(case: Case, t: VitalThresholds) -> dict[str, VitalState]:
                 t.severe_hypertension_diastolic_at_or_above,
             ),
         ):
-            if v.systolic_bp_mmhg is not None and v.systolic_bp_mmhg >= systolic:
-                add(code, SYSTOLIC, f"systolic BP {_number(v.systolic_bp_mmhg)} mmHg >= {_number(systolic)} mmHg")
-            elif v.diastolic_bp_mmhg is not None and v.diastolic_bp_mmhg >= diastolic:
-                add(code, DIASTOLIC, f"diastolic BP {_number(v.diastolic_bp_mmhg)} mmHg >= {_number(diastolic)} mmHg")
+            if systolic is not None and systolic >= systolic_limit:
+                add(code, SYSTOLIC, f"systolic BP {_number(systolic)} mmHg >= {_number(systolic_limit)} mmHg")
+            elif diastolic is not None and diastolic >= diastolic_limit:
+                add(code, DIASTOLIC, f"diastolic BP {_number(diastolic)} mmHg >= {_number(diastolic_limit)} mmHg")
 
-    check(
-        v.temperature_c,
-        TEMPERATURE,
-        [
-            (
-                "fever",
-                lambda x: x >= t.fever_at_or_above_c,
-                f"temperature {{value}} C >= {_number(t.fever_at_or_above_c)} C",
-            ),
-            (
-                "high_fever",
-                lambda x: x > t.high_fever_above_c,
-                f"temperature {{value}} C > {_number(t.high_fever_above_c)} C",
-            ),
-            (
-                "hypothermia",
-                lambda x: x < t.hypothermia_below_c,
-                f"temperature {{value}} C < {_number(t.hypothermia_below_c)} C",
-            ),
+    temperature = v.temperature_c
+    if temperature is not None:
+        text = f"temperature {_number(temperature)} C"
+        for code, holds, limit_text in (
+            ("fever", temperature >= t.fever_at_or_above_c, f">= {_number(t.fever_at_or_above_c)} C"),
+            ("high_fever", temperature > t.high_fever_above_c, f"> {_number(t.high_fever_above_c)} C"),
+            ("hypothermia", temperature < t.hypothermia_below_c, f"< {_number(t.hypothermia_below_c)} C"),
             (
                 "infant_hypothermia",
-                lambda x: x < t.infant_hypothermia_below_c,
-                f"temperature {{value}} C < {_number(t.infant_hypothermia_below_c)} C",
+                temperature < t.infant_hypothermia_below_c,
+                f"< {_number(t.infant_hypothermia_below_c)} C",
             ),
-        ],
-    )
+        ):
+            if holds:
+                add(code, TEMPERATURE, f"{text} {limit_text}")
 
     if v.gcs is not None:
         if v.gcs <= t.gcs_unresponsive_at_or_below:

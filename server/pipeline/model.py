@@ -114,9 +114,13 @@ class Cost:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepResult:
-    """One step's answer. Steps C and E fill the fields that only they produce."""
+    """One step's answer. Steps C and E fill the fields that only they produce.
+
+    The pipeline stamps `backend` and `elapsed_seconds` when the step returns;
+    nothing changes a result after that.
+    """
 
     step: Step
     question: str

@@ -8,7 +8,6 @@ Explain (streamed as each step completes).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +123,7 @@ class Pipeline:
         backend = self._backends[step]
         started = time.perf_counter()
         result = await backend.answer(step, run)
-        result = dataclasses.replace(result, backend=backend.name, elapsed_seconds=time.perf_counter() - started)
+        result.elapsed_seconds = time.perf_counter() - started
+        result.backend = backend.name
         run.results.append(result)
         return result

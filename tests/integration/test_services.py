@@ -10,11 +10,6 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from sqlalchemy import create_engine, text
-
-from server.app import TriageServer
-from server.config import Settings
-from server.ids import is_id
-from tests.support import make_case
 from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2, explain_service_pb2_grpc
 from triage_client import (
     AsyncTriageClient,
@@ -26,6 +21,11 @@ from triage_client import (
     Unimplemented,
     from_rpc_error,
 )
+
+from server.app import TriageServer
+from server.config import Settings
+from server.ids import is_id
+from tests.support import make_case
 
 STEMI = make_case(
     "CP radiating to L arm, diaphoretic",
@@ -189,9 +189,7 @@ async def test_explain_by_id_needs_case_storage(client: AsyncTriageClient) -> No
             pass
 
 
-@pytest.mark.parametrize(
-    "rpc", ["get_config", "list_backends", "list_api_keys", "get_usage"], ids=lambda r: str(r)
-)
+@pytest.mark.parametrize("rpc", ["get_config", "list_backends", "list_api_keys", "get_usage"], ids=lambda r: str(r))
 async def test_admin_rpcs_of_later_issues_are_unimplemented(client: AsyncTriageClient, rpc: str) -> None:
     with pytest.raises(Unimplemented, match="not implemented yet"):
         await getattr(client, rpc)()
@@ -332,3 +330,14 @@ async def test_audit_store_failure_is_unavailable_not_acknowledged(
 
     with pytest.raises(Unavailable, match="not recorded"):
         await client.classify(STEMI)
+
+
+async def test_reflection_resolves_method_symbols(server: TriageServer) -> None:
+    """ghz and grpcurl ask for "Service.Method"; see server/reflection.py."""
+
+    def lookup() -> str:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            return str(database.FindFileContainingSymbol("triage.v1.ClassifyService.Classify").name)
+
+    assert await asyncio.to_thread(lookup) == "triage/v1/classify_service.proto"

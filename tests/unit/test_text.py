@@ -85,7 +85,8 @@ def test_historical_risk_conditions_still_count(engine: RulesEngine) -> None:
 
 
 def test_unicode_and_control_characters_do_not_break_reading(engine: RulesEngine) -> None:
-    mentions = engine._analyzer.analyze("ＣＰ\u200b\x00 — SOB…", "chief_complaint")
+    fullwidth_cp = "\uff23\uff30"
+    mentions = engine._analyzer.analyze(f"{fullwidth_cp}\u200b\x00 \u2014 SOB\u2026", "chief_complaint")
 
     assert {m.concept for m in mentions} >= {"chest_pain", "dyspnea"}
 

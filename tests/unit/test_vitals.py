@@ -55,9 +55,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("age", "vitals", "present", "absent"), CASES)
-def test_states(
-    engine: RulesEngine, age: str, vitals: dict[str, float], present: set[str], absent: set[str]
-) -> None:
+def test_states(engine: RulesEngine, age: str, vitals: dict[str, float], present: set[str], absent: set[str]) -> None:
     case = validate_case(make_case("check", age, vitals=vitals))
 
     states = assess_vitals(case, engine.tables.vitals)

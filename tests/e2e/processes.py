@@ -1,0 +1,51 @@
+"""Starting `triage-server serve` as a real process and finding its port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from asyncio.subprocess import Process
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServerProcess:
+    process: Process
+    port: int
+    log: list[dict[str, object]] = field(default_factory=list)
+
+    async def read_log(self) -> None:
+        """Collects the rest of the JSON log lines until the process exits."""
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.log.append(json.loads(line))
+
+
+async def start_server(directory: Path, **env: str) -> ServerProcess:
+    """Starts the server in `directory` on a free port and waits until it serves."""
+    environment = os.environ | {
+        "TRIAGE_PORT": "0",
+        "TRIAGE_DATABASE_URL": f"sqlite:///{directory / 'triage.db'}",
+        "TRIAGE_SECRET_KEY": "e2e-secret",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        cwd=directory,
+        env=environment | env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log: list[dict[str, object]] = []
+    async with asyncio.timeout(30):
+        async for line in process.stderr:
+            entry = json.loads(line)
+            log.append(entry)
+            if entry.get("event") == "serving":
+                return ServerProcess(process, int(str(entry["port"])), log)
+    raise RuntimeError(f"the server exited before serving: {log}")

@@ -1,0 +1,137 @@
+"""The `triage` and `triage-server` commands, run as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.app import TriageServer
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIAGE = str(Path(sys.executable).with_name("triage"))
+TRIAGE_SERVER = str(Path(sys.executable).with_name("triage-server"))
+DEMO_CSV = ROOT / "tests" / "data" / "mimic-iv-ed-demo" / "triage_with_age.csv"
+
+
+async def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ | {"TRIAGE_API_KEY": ""} | (env or {}),
+    )
+    out, err = await process.communicate(stdin.encode())
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def target(server: TriageServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def test_classify_prints_a_readable_answer(target: str) -> None:
+    code, out, _ = await run(
+        TRIAGE, "--target", target, "classify", "--age", "67", "--sex", "male", "--complaint", "chest pain",
+        "--hr", "110", "--bp", "150/90", "--spo2", "97",
+    )  # fmt: skip
+
+    assert code == 0
+    assert out.startswith("ESI 2")
+    assert "chest pain suspicious for acute coronary syndrome" in out
+    assert "classification " in out
+
+
+async def test_classify_json_from_stdin(target: str) -> None:
+    case = {"age": {"months": 2}, "chief_complaint": "fever", "vitals": {"temperature_c": 38.4}}
+
+    code, out, _ = await run(TRIAGE, "--target", target, "--output", "json", "classify", "--json", "-",
+                             stdin=json.dumps(case))  # fmt: skip
+
+    assert code == 0
+    classification = json.loads(out)
+    assert classification["esi_level"] == "ESI_LEVEL_2"
+    assert "high_risk.young_infant_fever" in {f["code"] for f in classification["findings"]}
+
+
+async def test_explain_prints_each_step_then_the_level(target: str) -> None:
+    code, out, _ = await run(
+        TRIAGE, "--target", target, "explain", "--age", "5mo", "--complaint", "N/V/D", "--temp", "37.1"
+    )
+
+    assert code == 0
+    lines = out.splitlines()
+    assert [line[0] for line in lines if line[:1] in "ABCDE" and line[1:3] == "  "] == ["A", "B", "C", "E"]
+    assert any(line.startswith("ESI 5") for line in lines)
+
+
+async def test_explain_json_is_one_event_per_line(target: str) -> None:
+    code, out, _ = await run(TRIAGE, "--target", target, "--output", "json", "explain", "--age", "30",
+                             "--complaint", "ankle injury")  # fmt: skip
+
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert "classification" in events[-1]
+    assert all("step" in e for e in events[:-1])
+
+
+async def test_bad_input_exits_1_and_names_the_fields(target: str) -> None:
+    code, _, err = await run(TRIAGE, "--target", target, "classify", "--age", "200", "--complaint", "x",
+                             "--hr", "500")  # fmt: skip
+
+    assert code == 1
+    assert "INVALID_ARGUMENT" in err
+    assert "case.age.years" in err
+    assert "case.vitals.heart_rate_bpm" in err
+
+
+async def test_usage_errors_exit_2(target: str) -> None:
+    code, _, err = await run(TRIAGE, "--target", target, "classify", "--complaint", "cough")
+
+    assert code == 2
+    assert "--age" in err
+
+
+async def test_health_uses_the_target_from_the_environment(target: str) -> None:
+    code, out, _ = await run(TRIAGE, "health", env={"TRIAGE_TARGET": target})
+
+    assert code == 0
+    assert out.strip() == "SERVING"
+
+
+async def test_health_of_an_unreachable_server_fails(unused_tcp_port: int) -> None:
+    code, _, err = await run(TRIAGE, "--target", f"127.0.0.1:{unused_tcp_port}", "--timeout", "1", "health")
+
+    assert code == 1
+    assert "UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err
+
+
+async def test_admin_audit_lists_what_was_classified(target: str) -> None:
+    await run(TRIAGE, "--target", target, "classify", "--age", "40", "--complaint", "rash")
+
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "audit")
+
+    assert code == 0
+    assert "ESI 5" in out
+    assert len(out.splitlines()) == 1
+
+
+async def test_evaluate_reports_agreement_and_a_confusion_matrix() -> None:
+    code, out, _ = await run(TRIAGE_SERVER, "evaluate", str(DEMO_CSV))
+
+    assert code == 0
+    assert "evaluated 207" in out
+    assert "confusion matrix" in out
+    assert "under-triage" in out
+
+
+def test_the_commands_are_installed() -> None:
+    assert shutil.which(TRIAGE)
+    assert shutil.which(TRIAGE_SERVER)

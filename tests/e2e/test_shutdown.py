@@ -1,0 +1,67 @@
+"""SIGTERM: health goes NOT_SERVING, in-flight calls finish, the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from triage.v1 import classification_pb2
+from triage_client import AsyncTriageClient
+
+from tests.e2e.processes import start_server
+from tests.support import make_case
+
+
+async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, TRIAGE_SHUTDOWN_GRACE_SECONDS="10")
+    target = f"127.0.0.1:{server.port}"
+    async with AsyncTriageClient(target, api_key="") as client, grpc.aio.insecure_channel(target) as channel:
+        await client.classify(make_case("cough", "30y"))  # creates the database
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+        # Hold the database's write lock so that the next call is in flight,
+        # waiting to write its audit record, when SIGTERM arrives.
+        lock = sqlite3.connect(tmp_path / "triage.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        in_flight = asyncio.create_task(client.classify(make_case("CP", "67y")))
+        await asyncio.sleep(0.5)
+        assert not in_flight.done()
+
+        server.process.send_signal(signal.SIGTERM)
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        lock.execute("ROLLBACK")
+        lock.close()
+        classification = await in_flight
+        assert classification.esi_level == classification_pb2.ESI_LEVEL_2
+
+    async with asyncio.timeout(15):
+        await server.read_log()
+        assert await server.process.wait() == 0
+    assert [e["event"] for e in server.log][-2:] == ["shutting down", "stopped"]
+
+
+async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+
+    server.process.send_signal(signal.SIGINT)
+
+    async with asyncio.timeout(15):
+        assert await server.process.wait() == 0
+
+
+async def test_unknown_settings_variables_are_reported(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, TRIAGE_PROT="50051")
+    server.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        await server.read_log()
+        await server.process.wait()
+
+    warnings = [e for e in server.log if e["event"] == "ignoring unknown TRIAGE_* variables"]
+    assert len(warnings) == 1
+    assert warnings[0]["variables"] == ["TRIAGE_PROT"]

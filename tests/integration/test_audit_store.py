@@ -1,0 +1,173 @@
+"""The audit log: group commit, durability, failure and overload, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from server.errors import Unavailable
+from server.ids import new_id
+from server.store.audit import AuditLog
+from server.store.database import open_database
+
+POSTGRES_URL = os.environ.get("TRIAGE_TEST_POSTGRES_URL", "")
+
+
+def _row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "classification_id": new_id(),
+        "recorded_at": datetime.now(UTC),
+        "method": "/triage.v1.ClassifyService/Classify",
+        "esi_level": 3,
+        "decided_at": 4,
+        "finding_codes": ["resources.count"],
+        "ruleset_version": "test",
+        "input_hmac_sha256": "0" * 64,
+        "confidence": 0.8,
+    }
+    return row | overrides
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server named by TRIAGE_TEST_POSTGRES_URL."""
+    if not POSTGRES_URL:
+        if os.environ.get("TRIAGE_REQUIRE_POSTGRES"):
+            pytest.fail("TRIAGE_TEST_POSTGRES_URL is not set but TRIAGE_REQUIRE_POSTGRES is")
+        pytest.skip("no PostgreSQL server: set TRIAGE_TEST_POSTGRES_URL (.ci/run does)")
+    name = f"triage_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def audit(database_url: str) -> AsyncIterator[AuditLog]:
+    engine = await asyncio.to_thread(open_database, database_url)
+    log = AuditLog(engine, max_batch_records=256)
+    yield log
+    await log.close()
+    engine.dispose()
+
+
+def _count(database_url: str) -> int:
+    engine = open_database(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM audit_events")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def test_concurrent_records_share_transactions(audit: AuditLog, database_url: str) -> None:
+    await asyncio.gather(*(audit.record(_row()) for _ in range(300)))
+
+    assert audit.records_written == 300
+    # Group commit: far fewer transactions than records, each at most 256 records.
+    assert 2 <= audit.commits < 100
+    assert await asyncio.to_thread(_count, database_url) == 300
+
+
+async def test_an_acknowledged_record_is_visible_to_a_new_connection(audit: AuditLog, database_url: str) -> None:
+    row = _row()
+
+    await audit.record(row)
+
+    page = await audit.page(start=None, end=None, after_id=None, limit=10)
+    assert [e.classification_id for e in page.events] == [row["classification_id"]]
+    assert await asyncio.to_thread(_count, database_url) == 1
+
+
+async def test_a_caller_that_gives_up_still_gets_its_record_written(audit: AuditLog, database_url: str) -> None:
+    task = asyncio.create_task(audit.record(_row()))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await audit.close()
+
+    assert await asyncio.to_thread(_count, database_url) == 1
+
+
+async def test_a_failed_write_fails_every_waiting_caller(audit: AuditLog) -> None:
+    duplicate = new_id()
+    await audit.record(_row(classification_id=duplicate))
+
+    results = await asyncio.gather(
+        audit.record(_row(classification_id=duplicate)), audit.record(_row()), return_exceptions=True
+    )
+
+    # The batch is one transaction: a failure rolls back all of it, and nobody is told "written".
+    assert all(isinstance(r, Unavailable) for r in results)
+    page = await audit.page(start=None, end=None, after_id=None, limit=10)
+    assert len(page.events) == 1
+
+
+async def test_overload_is_refused_not_queued_forever(database_url: str) -> None:
+    engine = await asyncio.to_thread(open_database, database_url)
+    log = AuditLog(engine, max_batch_records=1, max_pending_records=2)
+    try:
+        results = await asyncio.gather(*(log.record(_row()) for _ in range(10)), return_exceptions=True)
+    finally:
+        await log.close()
+        engine.dispose()
+
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert refused
+    assert len(refused) < 10
+
+
+async def test_a_closed_log_refuses_new_records(audit: AuditLog) -> None:
+    await audit.close()
+
+    with pytest.raises(Unavailable, match="shutting down"):
+        await audit.record(_row())
+
+
+async def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    engine = open_database(f"sqlite:///{tmp_path / 'wal.db'}")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 2  # FULL
+    engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_server_audits_to_postgresql(postgres_url: str, settings: Any) -> None:
+    from triage_client import AsyncTriageClient
+
+    from server.app import TriageServer
+    from tests.support import make_case
+
+    server = TriageServer(settings.model_copy(update={"database_url": postgres_url}))
+    await server.start()
+    try:
+        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+            classification = await client.classify(make_case("SOB", "70y", vitals={"spo2_percent": 85}))
+            events = [e async for e in client.iter_audit_events()]
+    finally:
+        await server.stop(grace_seconds=0)
+
+    assert [e.classification_id for e in events] == [classification.classification_id]
+    assert events[0].esi_level == classification.esi_level == 1
