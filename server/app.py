@@ -9,14 +9,6 @@ import signal
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy import Engine
-from triage.v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    classify_service_pb2,
-    classify_service_pb2_grpc,
-    explain_service_pb2,
-    explain_service_pb2_grpc,
-)
 
 from interceptors.errors import ErrorInterceptor
 from server.config import Settings
@@ -30,6 +22,14 @@ from server.services.classify import ClassifyService
 from server.services.explain import ExplainService
 from server.store.audit import AuditLog
 from server.store.database import open_database
+from triage.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    classify_service_pb2,
+    classify_service_pb2_grpc,
+    explain_service_pb2,
+    explain_service_pb2_grpc,
+)
 
 log = logging.getLogger("triage.server")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -33,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("triage.config").warning(
                 "ignoring unknown TRIAGE_* variables", extra={"fields": {"variables": unknown}}
             )
-        from server.app import serve
+        from server.workers import run
 
-        asyncio.run(serve(settings))
-        return 0
+        return run(settings)
     from server.evaluation import evaluate_csv
 
     result = evaluate_csv(args.csv, args.danger_zone_policy)

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     secret_key_file: Path = Field(
         default=Path("triage-secret.key"), description="Where the generated server secret is kept (mode 0600)."
     )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description="Server processes sharing the port (SO_REUSEPORT); 0 means one per CPU core.",
+    )
     shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish."
     )

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from triage.v1 import case_pb2
-
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
 from server.validation import VITAL_RANGES, validate_case
+from triage.v1 import case_pb2
 
 LEVELS = (1, 2, 3, 4, 5)
 _ARRIVAL = {

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from triage_client import AsyncTriageClient
 
 from server.app import TriageServer
 from server.config import Settings
 from server.esi.engine import RulesEngine
+from triage_client import AsyncTriageClient
 
 
 @pytest.fixture(scope="session")

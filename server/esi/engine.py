@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from triage.v1 import case_pb2, classification_pb2
-
 from server.esi.tables import (
     DAYS_PER_YEAR,
     RESOURCE_LABELS,
@@ -47,6 +45,7 @@ from server.pipeline.model import (
     StepResult,
     Warning,
 )
+from triage.v1 import case_pb2, classification_pb2
 
 DangerZonePolicy = Literal["up_triage", "flag_only"]
 

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
 from triage.v1 import case_pb2, classification_pb2
 
 DAYS_PER_YEAR = 365.25

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from server.esi.tables import Concept, Lexicon
 
@@ -161,6 +161,11 @@ class TextAnalyzer:
         self._abbreviations = {tuple(k.split()): tuple(v.split()) for k, v in lexicon.abbreviations.items()}
         self._abbreviation_width = max(len(k) for k in self._abbreviations)
         self._abbreviation_words = frozenset(k[0] for k in self._abbreviations if len(k) == 1)
+        self._multiword_starts = frozenset(k[0] for k in self._abbreviations if len(k) > 1)
+        # Free text has an open vocabulary: the caches are bounded.
+        self._pieces = lru_cache(maxsize=65536)(self._split)
+        self._canonical = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=False))
+        self._canonical_repaired = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=True))
         self._spelling = lexicon.spelling
         self._phrases: dict[str, list[tuple[tuple[str, ...], Kind, str]]] = {}
         groups: list[tuple[Kind, Iterable[tuple[str, str]]]] = [
@@ -223,61 +228,65 @@ class TextAnalyzer:
 
     def _normalize(self, text: str, *, repair: bool) -> list[Token]:
         folded, origin = _fold(text)
-        raw = [Token(m.group(), origin[m.start()], origin[m.end() - 1] + 1) for m in _TOKEN.finditer(folded)]
-        tokens = self._expand(self._split_slashes(raw))
-        out = []
-        for token in tokens:
-            word = self._spelling.get(token.text, token.text)
-            word = singular(word)
-            if repair:
-                word = self._spelling.get(word, word)
-                word = self._repair.repair(word)
-            out.append(Token(word, token.start, token.end))
-        return out
-
-    def _split_slashes(self, tokens: list[Token]) -> Iterator[Token]:
-        """Splits "cp/sob" into "cp", "/", "sob" but keeps "n/v/d" and "s/p" whole."""
-        for token in tokens:
-            text = token.text if token.text in self._abbreviation_words else token.text.rstrip("/")
-            if "/" not in text or text in self._abbreviation_words:
-                yield Token(text, token.start, token.end)
-                continue
-            parts = text.split("/")
-            offsets = []
-            position = token.start
-            for part in parts:
-                offsets.append(position)
-                position += len(part) + 1
-            i = 0
-            while i < len(parts):
-                j = len(parts)
-                while j > i + 1 and ("/".join(parts[i:j]),) not in self._abbreviations:
-                    j -= 1
-                joined = "/".join(parts[i:j])
-                if joined:
-                    yield Token(joined, offsets[i], offsets[i] + len(joined))
-                if j < len(parts):
-                    yield Token("/", offsets[j] - 1, offsets[j])
-                i = j
-
-    def _expand(self, tokens: Iterable[Token]) -> list[Token]:
-        """Replaces abbreviations (longest first) with their words, keeping source spans."""
-        tokens = list(tokens)
+        canonical = self._canonical_repaired if repair else self._canonical
+        pieces: list[tuple[str, int, int]] = []
+        for match in _TOKEN.finditer(folded):
+            base = match.start()
+            for piece, first, last in self._pieces(match.group()):
+                pieces.append((piece, origin[base + first], origin[base + last - 1] + 1))
         out: list[Token] = []
         i = 0
-        while i < len(tokens):
-            for width in range(min(self._abbreviation_width, len(tokens) - i), 0, -1):
-                key = tuple(t.text for t in tokens[i : i + width])
-                expansion = self._abbreviations.get(key)
-                if expansion is not None:
-                    start, end = tokens[i].start, tokens[i + width - 1].end
-                    out.extend(Token(word, start, end) for word in expansion)
-                    i += width
-                    break
-            else:
-                out.append(tokens[i])
-                i += 1
+        while i < len(pieces):
+            word, start, end = pieces[i]
+            width, expansion = self._multiword(pieces, i) if word in self._multiword_starts else (1, (word,))
+            end = pieces[i + width - 1][2]
+            for part in expansion:
+                out.extend(Token(w, start, end) for w in canonical(part))
+            i += width
         return out
+
+    def _multiword(self, pieces: list[tuple[str, int, int]], i: int) -> tuple[int, tuple[str, ...]]:
+        """The longest multi-word abbreviation at i ("decreased loc"), or the word itself."""
+        for width in range(min(self._abbreviation_width, len(pieces) - i), 1, -1):
+            expansion = self._abbreviations.get(tuple(p[0] for p in pieces[i : i + width]))
+            if expansion is not None:
+                return width, expansion
+        return 1, (pieces[i][0],)
+
+    def _split(self, token: str) -> tuple[tuple[str, int, int], ...]:
+        """Splits "cp/sob" into "cp", "/", "sob" (with offsets) but keeps "n/v/d" and "s/p" whole."""
+        text = token if token in self._abbreviation_words else token.rstrip("/")
+        if "/" not in text or text in self._abbreviation_words:
+            return ((text, 0, len(text)),)
+        parts = text.split("/")
+        offsets = []
+        position = 0
+        for part in parts:
+            offsets.append(position)
+            position += len(part) + 1
+        pieces: list[tuple[str, int, int]] = []
+        i = 0
+        while i < len(parts):
+            j = len(parts)
+            while j > i + 1 and "/".join(parts[i:j]) not in self._abbreviation_words:
+                j -= 1
+            joined = "/".join(parts[i:j])
+            if joined:
+                pieces.append((joined, offsets[i], offsets[i] + len(joined)))
+            if j < len(parts):
+                pieces.append(("/", offsets[j] - 1, offsets[j]))
+            i = j
+        return tuple(pieces)
+
+    def _canonicalize(self, word: str, repair: bool) -> tuple[str, ...]:
+        """A word's canonical words: abbreviation expanded, spelling and plural normalized."""
+        out = []
+        for part in self._abbreviations.get((word,), (word,)):
+            part = singular(self._spelling.get(part, part))
+            if repair:
+                part = self._repair.repair(self._spelling.get(part, part))
+            out.append(part)
+        return tuple(out)
 
     # Matching: tokens -> items (phrases, words, punctuation).
 

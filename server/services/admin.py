@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from grpc import aio
-from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 from server.errors import InvalidArgument, Unimplemented, field_violation
 from server.ids import is_id
 from server.services.convert import audit_event_message
 from server.store.audit import AuditLog
+from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000

@@ -11,8 +11,6 @@ import hmac
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-from triage.v1 import case_pb2, classification_pb2
-
 from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
 from server.pipeline.model import Case, StepResult
@@ -20,6 +18,7 @@ from server.pipeline.pipeline import Pipeline
 from server.services.convert import classification_message
 from server.store.audit import AuditLog
 from server.validation import validate_case
+from triage.v1 import case_pb2, classification_pb2
 
 
 class Classifier:
@@ -55,14 +54,17 @@ class Classifier:
                 "method": method,
                 "esi_level": result.esi_level,
                 "decided_at": result.decided_at,
-                "finding_codes": [f.code for f in result.findings],
+                "finding_codes": " ".join(f.code for f in result.findings),
                 "ruleset_version": result.ruleset_version,
                 "input_hmac_sha256": digest,
                 "confidence": result.confidence,
                 "case_ref": message.case_ref,
+                "key_id": "",
+                "request_id": "",
                 "cost_usd_micros": cost.usd_micros,
                 "input_tokens": cost.input_tokens,
                 "output_tokens": cost.output_tokens,
+                "cache_hit": False,
             }
         )
         return classification_message(

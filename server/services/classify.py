@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from grpc import aio
-from triage.v1 import classify_service_pb2, classify_service_pb2_grpc
 
 from server.services.classifier import Classifier
+from triage.v1 import classify_service_pb2, classify_service_pb2_grpc
 
 CLASSIFY_METHOD = "/triage.v1.ClassifyService/Classify"
 

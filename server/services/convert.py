@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 from server.pipeline.model import Cost, Finding, PredictedResource, StepResult, TriageResult, Warning
 from server.store.models import AuditEvent
+from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 
 def cost_message(cost: Cost) -> classification_pb2.Cost:
@@ -91,7 +91,7 @@ def audit_event_message(event: AuditEvent) -> admin_service_pb2.AuditEvent:
         method=event.method,
         esi_level=event.esi_level,  # type: ignore[arg-type]
         decided_at=event.decided_at,  # type: ignore[arg-type]
-        finding_codes=event.finding_codes,
+        finding_codes=event.finding_codes.split(),
         ruleset_version=event.ruleset_version,
         input_hmac_sha256=event.input_hmac_sha256,
         case_ref=event.case_ref,

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
-from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
 
 from server.errors import FailedPrecondition, InvalidArgument, field_violation
 from server.ids import is_id
 from server.services.classifier import Classifier
 from server.services.convert import step_event
+from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
 
 EXPLAIN_METHOD = "/triage.v1.ExplainService/Explain"
 

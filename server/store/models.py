@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime
+from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
 
@@ -22,7 +22,9 @@ class AuditEvent(SQLModel, table=True):
     method: str = Field(max_length=128)
     esi_level: int
     decided_at: int
-    finding_codes: list[str] = Field(default_factory=list, sa_type=JSON)
+    # Space-separated finding codes ("high_risk.possible_acs resources.count"):
+    # codes never contain spaces, and plain text is portable and cheap to write.
+    finding_codes: str = Field(default="", max_length=2000)
     ruleset_version: str = Field(max_length=64)
     input_hmac_sha256: str = Field(max_length=64)
     confidence: float

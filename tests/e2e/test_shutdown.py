@@ -9,11 +9,11 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from triage.v1 import classification_pb2
-from triage_client import AsyncTriageClient
 
 from tests.e2e.processes import start_server
 from tests.support import make_case
+from triage.v1 import classification_pb2
+from triage_client import AsyncTriageClient
 
 
 async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) -> None:
@@ -65,3 +65,19 @@ async def test_unknown_settings_variables_are_reported(tmp_path: Path) -> None:
     warnings = [e for e in server.log if e["event"] == "ignoring unknown TRIAGE_* variables"]
     assert len(warnings) == 1
     assert warnings[0]["variables"] == ["TRIAGE_PROT"]
+
+
+async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, TRIAGE_WORKERS="2")
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+        levels = {(await client.classify(make_case("CP", "67y"))).esi_level for _ in range(20)}
+    assert levels == {classification_pb2.ESI_LEVEL_2}
+
+    server.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        await server.read_log()
+        assert await server.process.wait() == 0
+    events = [e["event"] for e in server.log]
+    assert events.count("serving") == 2
+    assert events.count("stopped") == 2
+    assert events[-1] == "workers stopped"

@@ -28,10 +28,17 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "method": "/triage.v1.ClassifyService/Classify",
         "esi_level": 3,
         "decided_at": 4,
-        "finding_codes": ["resources.count"],
+        "finding_codes": "resources.count",
         "ruleset_version": "test",
         "input_hmac_sha256": "0" * 64,
         "confidence": 0.8,
+        "case_ref": "",
+        "key_id": "",
+        "request_id": "",
+        "cost_usd_micros": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_hit": False,
     }
     return row | overrides
 
@@ -155,10 +162,9 @@ async def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_the_server_audits_to_postgresql(postgres_url: str, settings: Any) -> None:
-    from triage_client import AsyncTriageClient
-
     from server.app import TriageServer
     from tests.support import make_case
+    from triage_client import AsyncTriageClient
 
     server = TriageServer(settings.model_copy(update={"database_url": postgres_url}))
     await server.start()

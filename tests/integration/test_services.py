@@ -10,6 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from sqlalchemy import create_engine, text
+
+from server.app import TriageServer
+from server.config import Settings
+from server.ids import is_id
+from tests.support import make_case
 from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2, explain_service_pb2_grpc
 from triage_client import (
     AsyncTriageClient,
@@ -21,11 +26,6 @@ from triage_client import (
     Unimplemented,
     from_rpc_error,
 )
-
-from server.app import TriageServer
-from server.config import Settings
-from server.ids import is_id
-from tests.support import make_case
 
 STEMI = make_case(
     "CP radiating to L arm, diaphoretic",

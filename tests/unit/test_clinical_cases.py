@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from triage.v1 import classification_pb2
 
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
 from server.validation import validate_case
 from tests.support import case_kwargs, make_case
+from triage.v1 import classification_pb2
 
 CASES: list[dict[str, Any]] = tomllib.loads((Path(__file__).parent / "clinical_cases.toml").read_text())["case"]
 STEPS = {

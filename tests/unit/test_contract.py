@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from triage.v1 import admin_service_pb2, classify_service_pb2, explain_service_pb2
 from triage_client import AsyncTriageClient, TriageClient
 

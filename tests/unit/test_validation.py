@@ -9,13 +9,13 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from triage.v1 import case_pb2
 
 from server.errors import InvalidArgument
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
 from server.validation import VITAL_RANGES, validate_case
 from tests.support import make_case
+from triage.v1 import case_pb2
 
 Mutation = Callable[[case_pb2.TriageCase], None]
 

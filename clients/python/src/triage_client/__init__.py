@@ -23,7 +23,6 @@ from triage.v1.classification_pb2 import (
     Warning,
 )
 from triage.v1.explain_service_pb2 import ExplainResponse, StepEvent
-
 from triage_client.client import AsyncTriageClient, Deadlines, ServingStatus, TriageClient
 from triage_client.errors import (
     Aborted,

@@ -22,8 +22,8 @@ from typing import TextIO
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
-from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2
 
+from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2
 from triage_client.client import Deadlines, ServingStatus, TriageClient
 from triage_client.errors import InvalidArgument, TriageError
 

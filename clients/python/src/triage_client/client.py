@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2
+
 from triage.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -29,7 +30,6 @@ from triage.v1 import (
     explain_service_pb2,
     explain_service_pb2_grpc,
 )
-
 from triage_client.errors import from_rpc_error
 
 DEFAULT_TARGET = "127.0.0.1:50051"

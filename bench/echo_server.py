@@ -1,0 +1,99 @@
+"""A bare grpc.aio server with the triage contract that does no work per call.
+
+It answers Classify and Explain with responses the real engine produced once,
+at startup, for the benchmark's own cases: the same message sizes and the same
+serialization work as the triage server, without validation, rules, audit or
+interceptors. The ratio of the two is what the service itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from grpc import aio
+
+from server.esi.engine import RulesEngine
+from server.pipeline.pipeline import Pipeline
+from server.reflection import enable_reflection
+from server.services.convert import classification_message, step_event
+from server.validation import validate_case
+from triage.v1 import (
+    classify_service_pb2,
+    classify_service_pb2_grpc,
+    explain_service_pb2,
+    explain_service_pb2_grpc,
+)
+
+HERE = Path(__file__).parent
+
+
+async def canned_responses() -> tuple[classify_service_pb2.ClassifyResponse, list[explain_service_pb2.ExplainResponse]]:
+    """The responses the engine gives the benchmark's cases (bench/*.json)."""
+    pipeline = Pipeline(RulesEngine())
+    responses: list[Any] = []
+    for config in ("classify.json", "explain.json"):
+        request = json_format.ParseDict(
+            json.loads((HERE / config).read_text())["data"], classify_service_pb2.ClassifyRequest()
+        )
+        steps = [step async for step in pipeline.steps(validate_case(request.case))]
+        classification = classification_message(
+            pipeline.result(steps),
+            classification_id="01KBENCHMARK0000000000000",
+            classified_at=datetime.now(UTC),
+            case_ref="bench-1",
+        )
+        responses.append((steps, classification))
+    classify = classify_service_pb2.ClassifyResponse(classification=responses[0][1])
+    explain_steps, explain_classification = responses[1]
+    explain = [explain_service_pb2.ExplainResponse(step=step_event(s)) for s in explain_steps]
+    explain.append(explain_service_pb2.ExplainResponse(classification=explain_classification))
+    return classify, explain
+
+
+class EchoClassify(classify_service_pb2_grpc.ClassifyServiceServicer):
+    def __init__(self, response: classify_service_pb2.ClassifyResponse) -> None:
+        self._response = response
+
+    async def Classify(self, request: Any, context: Any) -> classify_service_pb2.ClassifyResponse:  # noqa: N802
+        return self._response
+
+
+class EchoExplain(explain_service_pb2_grpc.ExplainServiceServicer):
+    def __init__(self, responses: list[explain_service_pb2.ExplainResponse]) -> None:
+        self._responses = responses
+
+    async def Explain(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
+        for response in self._responses:
+            yield response
+
+
+async def serve(port: int) -> None:
+    classify, explain = await canned_responses()
+    server = aio.server()
+    classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(EchoClassify(classify), server)
+    explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(EchoExplain(explain), server)
+    enable_reflection(server, ("triage.v1.ClassifyService", "triage.v1.ExplainService"))
+    # SO_REUSEPORT is on by default in gRPC: several echo processes may share the port.
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(json.dumps({"event": "serving", "port": bound}), flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
