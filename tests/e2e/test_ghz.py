@@ -19,8 +19,8 @@ def ghz() -> str:
     path = shutil.which("ghz")
     if path is None:
         # `make test` installs ghz (go install); never skip it silently there.
-        if os.environ.get("TRIAGE_REQUIRE_GHZ"):
-            pytest.fail("ghz is not on PATH but TRIAGE_REQUIRE_GHZ is set")
+        if os.environ.get("TEST_REQUIRE_GHZ"):
+            pytest.fail("ghz is not on PATH but TEST_REQUIRE_GHZ is set")
         pytest.skip("ghz is not installed: `make test` installs it")
     return path
 

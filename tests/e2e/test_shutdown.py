@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.e2e.processes import start_server
 from tests.support import make_case
@@ -16,13 +16,29 @@ from triage.v1 import classification_pb2
 from triage_client import AsyncTriageClient
 
 
+async def _next_status(
+    watch: grpc.aio.UnaryStreamCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
+) -> int:
+    response = await watch.read()
+    assert isinstance(response, health_pb2.HealthCheckResponse)
+    return response.status
+
+
 async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) -> None:
     server = await start_server(tmp_path, TRIAGE_SHUTDOWN_GRACE_SECONDS="10")
     target = f"127.0.0.1:{server.port}"
     async with AsyncTriageClient(target, api_key="") as client, grpc.aio.insecure_channel(target) as channel:
         await client.classify(make_case("cough", "30y"))  # creates the database
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        # The health stubs' types omit HealthStub's methods; bind Watch directly.
+        watch_method: grpc.aio.UnaryStreamMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        watch = watch_method(health_pb2.HealthCheckRequest(service=""))
+        assert await _next_status(watch) == health_pb2.HealthCheckResponse.SERVING
 
         # Hold the database's write lock so that the next call is in flight,
         # waiting to write its audit record, when SIGTERM arrives.
@@ -33,7 +49,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
         assert not in_flight.done()
 
         server.process.send_signal(signal.SIGTERM)
-        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _next_status(watch) == health_pb2.HealthCheckResponse.NOT_SERVING
 
         lock.execute("ROLLBACK")
         lock.close()

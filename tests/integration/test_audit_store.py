@@ -18,7 +18,7 @@ from server.ids import new_id
 from server.store.audit import AuditLog
 from server.store.database import open_database
 
-POSTGRES_URL = os.environ.get("TRIAGE_TEST_POSTGRES_URL", "")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 
 
 def _row(**overrides: Any) -> dict[str, Any]:
@@ -45,11 +45,11 @@ def _row(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server named by TRIAGE_TEST_POSTGRES_URL."""
+    """A fresh database on the PostgreSQL server named by TEST_POSTGRES_URL."""
     if not POSTGRES_URL:
-        if os.environ.get("TRIAGE_REQUIRE_POSTGRES"):
-            pytest.fail("TRIAGE_TEST_POSTGRES_URL is not set but TRIAGE_REQUIRE_POSTGRES is")
-        pytest.skip("no PostgreSQL server: set TRIAGE_TEST_POSTGRES_URL (.ci/run does)")
+        if os.environ.get("TEST_REQUIRE_POSTGRES"):
+            pytest.fail("TEST_POSTGRES_URL is not set but TEST_REQUIRE_POSTGRES is")
+        pytest.skip("no PostgreSQL server: set TEST_POSTGRES_URL (.ci/run does)")
     name = f"triage_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

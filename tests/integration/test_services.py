@@ -166,13 +166,17 @@ async def test_explain_without_a_subject_is_invalid(server: TriageServer) -> Non
 async def test_unparsable_bytes_are_invalid_argument(server: TriageServer, payload: bytes, streaming: bool) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         if streaming:
-            stream = channel.unary_stream("/triage.v1.ExplainService/Explain")
+            stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                "/triage.v1.ExplainService/Explain"
+            )
             call = stream(payload)
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 async for _ in call:
                     pass
         else:
-            unary = channel.unary_unary("/triage.v1.ClassifyService/Classify")
+            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/triage.v1.ClassifyService/Classify"
+            )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await unary(payload)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -294,8 +298,8 @@ async def test_reflection_lists_the_services(server: TriageServer) -> None:
 async def test_the_blocking_client_works_too(server: TriageServer) -> None:
     def run() -> tuple[int, list[str]]:
         with TriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
-            level = client.classify(STEMI).esi_level
-            kinds = [e.WhichOneof("event") or "" for e in client.explain(STEMI)]
+            level = int(client.classify(STEMI).esi_level)
+            kinds = [str(e.WhichOneof("event")) for e in client.explain(STEMI)]
             return level, kinds
 
     level, kinds = await asyncio.to_thread(run)
@@ -308,7 +312,7 @@ async def test_the_blocking_client_works_too(server: TriageServer) -> None:
 async def test_the_api_key_is_sent_as_a_bearer_token(server: TriageServer) -> None:
     seen: list[str] = []
 
-    class Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    class Recorder(grpc.aio.UnaryUnaryClientInterceptor):
         async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
             seen.extend(v for k, v in details.metadata or () if k == "authorization")
             return await continuation(details, request)
