@@ -23,6 +23,7 @@ from server.esi.tables import (
 )
 from server.esi.text import Mention, TextAnalyzer
 from server.esi.vitals import (
+    FIELD_LABELS,
     HEART_RATE,
     RESPIRATORY_RATE,
     SPO2,
@@ -186,6 +187,8 @@ class RulesEngine:
             return None
         if any(c in facts.mentions for c in condition.unless_concepts):
             return None
+        if any(s in facts.states for s in condition.unless_states):
+            return None
         if condition.no_fever_source and self._has_fever_source(facts):
             return None
         evidence: list[Evidence] = []
@@ -290,17 +293,17 @@ class RulesEngine:
             for spec in specs:
                 predicted.setdefault(spec.kind, PredictedResource(spec.kind, spec.detail, reason, input_field))
 
-        recognised = False
-        for concept_id, mention in facts.mentions.items():
-            profile = _profile(self.tables.concepts[concept_id], child)
-            if profile is None:
-                continue
-            recognised = True
-            add(
-                profile,
-                f"{self.tables.concepts[concept_id].label} ({_mention_evidence(mention).text})",
-                mention.input_field,
-            )
+        profiled = [
+            (self.tables.concepts[concept_id], mention)
+            for concept_id, mention in facts.mentions.items()
+            if _profile(self.tables.concepts[concept_id], child) is not None
+        ]
+        primary = [(concept, mention) for concept, mention in profiled if not concept.fallback]
+        for concept, mention in primary or profiled:
+            profile = _profile(concept, child)
+            assert profile is not None
+            add(profile, f"{concept.label} ({_mention_evidence(mention).text})", mention.input_field)
+        recognised = bool(profiled)
         for modifier in self._modifiers.candidates(facts):
             evidence = self.match(facts, modifier.when)
             if evidence is not None:
@@ -473,7 +476,7 @@ def _profile(concept: Concept, child: bool) -> tuple[ResourceSpec, ...] | None:
 def _missing(facts: CaseFacts, needed: Sequence[tuple[str, str]]) -> tuple[Warning, ...]:
     vitals = facts.case.vitals
     return tuple(
-        Warning("missing_input", field, f"{field.removeprefix('vitals.')} not given: {consequence}")
+        Warning("missing_input", field, f"{FIELD_LABELS[field]} not given: {consequence}")
         for field, consequence in needed
         if getattr(vitals, field.removeprefix("vitals.")) is None
     )

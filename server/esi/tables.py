@@ -103,8 +103,8 @@ class Condition(_Table):
     """When a rule applies: every group given must match; within a group, any item.
 
     concepts/with_concepts/unless_concepts name concepts mentioned (currently,
-    not negated) in the chief complaint or history; states name vital-sign
-    states from vitals.py; ages are "28d", "3mo", "65y" (min inclusive,
+    not negated) in the chief complaint or history; states/with_states/
+    unless_states name vital-sign states from vitals.py; ages are "28d", "3mo", "65y" (min inclusive,
     below exclusive, max inclusive).
     """
 
@@ -113,6 +113,7 @@ class Condition(_Table):
     unless_concepts: tuple[str, ...] = ()
     states: tuple[str, ...] = ()
     with_states: tuple[str, ...] = ()
+    unless_states: tuple[str, ...] = ()
     risk_factors: tuple[RiskFactorName, ...] = ()
     min_age: AgeDays | None = None
     below_age: AgeDays | None = None
@@ -156,6 +157,9 @@ class Concept(_Table):
     counts_when_historical: bool = False
     # Mentioning the concept establishes this risk factor.
     risk_factor: RiskFactorName | None = None
+    # Its resources count only when no other concept explains the complaint
+    # ("ankle" alone needs an x-ray; "rash on both arms" does not).
+    fallback: bool = False
 
 
 class Rule(_Table):
@@ -252,6 +256,21 @@ class VitalThresholds(_Table):
     heart_rate: tuple[HeartRateBand, ...]
 
 
+class NumericFinding(_Table):
+    """A number after a label in the text ("sugar 28") that means a concept."""
+
+    concept: str
+    labels: tuple[str, ...]
+    below: float | None = None
+    at_or_above: float | None = None
+    source: str
+
+    def holds(self, value: float) -> bool:
+        return (self.below is not None and value < self.below) or (
+            self.at_or_above is not None and value >= self.at_or_above
+        )
+
+
 class Lexicon(_Table):
     """Language tables: how nurses write, independent of any clinical meaning."""
 
@@ -264,8 +283,10 @@ class Lexicon(_Table):
     chronic_after: tuple[str, ...]
     pseudo_negation: tuple[str, ...]
     scope_terminators: tuple[str, ...]
+    transparent_words: tuple[str, ...]
     list_connectors: tuple[str, ...]
     common_words: tuple[str, ...]
+    numeric: tuple[NumericFinding, ...] = ()
 
 
 class ResourceTables(_Table):
@@ -305,9 +326,12 @@ class Tables:
             unknown = condition.concept_ids() - self.concepts.keys()
             if unknown:
                 raise ValueError(f"{where} names unknown concepts {sorted(unknown)}")
-            bad_states = {*condition.states, *condition.with_states} - STATE_CODES
+            bad_states = {*condition.states, *condition.with_states, *condition.unless_states} - STATE_CODES
             if bad_states:
                 raise ValueError(f"{where} names unknown vital states {sorted(bad_states)}")
+        for numeric in self.lexicon.numeric:
+            if numeric.concept not in self.concepts:
+                raise ValueError(f"numeric finding names unknown concept {numeric.concept!r}")
 
 
 def _read(name: str) -> tuple[dict[str, object], bytes]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
-from server.esi.tables import Concept, Lexicon
+from server.esi.tables import Concept, Lexicon, NumericFinding
 
 # A word may carry internal slashes or ampersands ("n/v/d", "s/p", "a&o") and a
 # trailing slash ("w/"); numbers may have decimals. Punctuation that shapes
@@ -46,6 +46,7 @@ class Kind(enum.Enum):
     PSEUDO = "pseudo"
     TERMINATOR = "terminator"
     CONNECTOR = "connector"
+    NUMERIC = "numeric"
     WORD = "word"
 
 
@@ -167,6 +168,7 @@ class TextAnalyzer:
         self._canonical = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=False))
         self._canonical_repaired = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=True))
         self._spelling = lexicon.spelling
+        self._transparent = frozenset(lexicon.transparent_words)
         self._phrases: dict[str, list[tuple[tuple[str, ...], Kind, str]]] = {}
         groups: list[tuple[Kind, Iterable[tuple[str, str]]]] = [
             (Kind.NEGATION_BEFORE, ((p, "") for p in lexicon.negation_before)),
@@ -178,6 +180,13 @@ class TextAnalyzer:
             (Kind.TERMINATOR, ((p, "") for p in lexicon.scope_terminators)),
             (Kind.CONNECTOR, ((p, "") for p in lexicon.list_connectors)),
         ]
+        # Numbers after a label ("sugar 28"): the label is a phrase, its findings a group.
+        self._numeric: dict[str, list[NumericFinding]] = {}
+        for finding in lexicon.numeric:
+            for label in finding.labels:
+                key = " ".join(t.text for t in self._normalize(label, repair=False))
+                self._numeric.setdefault(key, []).append(finding)
+        groups.append((Kind.NUMERIC, ((key, key) for key in self._numeric)))
         vocabulary: set[str] = set()
         for kind, phrases in groups:
             for phrase, payload in phrases:
@@ -198,10 +207,14 @@ class TextAnalyzer:
             raise ValueError(f"phrase {phrase!r} has no words")
         entries = self._phrases.setdefault(words[0], [])
         for existing, existing_kind, existing_payload in entries:
-            if existing == words and existing_kind == kind:
-                if existing_payload != payload:
-                    raise ValueError(f"{phrase!r} ({' '.join(words)}) belongs to both {existing_payload} and {payload}")
+            if existing != words:
+                continue
+            if (existing_kind, existing_payload) == (kind, payload):
                 return
+            # After normalization two entries can collide ("rules out" is "rule
+            # out"); the tables must say which one they mean.
+            first = existing_payload or existing_kind.value
+            raise ValueError(f"{phrase!r} ({' '.join(words)}) is both {first} and {payload or kind.value}")
         entries.append((words, kind, payload))
         vocabulary.update(w for w in words if w not in _PUNCTUATION)
 
@@ -241,7 +254,7 @@ class TextAnalyzer:
             width, expansion = self._multiword(pieces, i) if word in self._multiword_starts else (1, (word,))
             end = pieces[i + width - 1][2]
             for part in expansion:
-                out.extend(Token(w, start, end) for w in canonical(part))
+                out.extend(Token(w, start, end) for w in canonical(part) if w not in self._transparent)
             i += width
         return out
 
@@ -290,6 +303,21 @@ class TextAnalyzer:
 
     # Matching: tokens -> items (phrases, words, punctuation).
 
+    def _read_number(self, label: str, words: list[str], after: int) -> tuple[str, int]:
+        """The concept a number after a label means, and where the reading ends ("" if none)."""
+        position = after
+        while position < len(words) and position - after < 2 and words[position] in _NUMBER_JOINERS:
+            position += 1
+        if position >= len(words) or not _NUMBER.match(words[position]):
+            return "", after
+        value = float(words[position])
+        if position + 1 < len(words) and words[position + 1].startswith("mmol"):
+            value *= _MG_PER_DL_PER_MMOL_PER_L
+        for finding in self._numeric[label]:
+            if finding.holds(value):
+                return finding.concept, position + 1
+        return "", position + 1
+
     def _items(self, tokens: list[Token]) -> list[_Item]:
         items: list[_Item] = []
         words = [t.text for t in tokens]
@@ -298,7 +326,15 @@ class TextAnalyzer:
             for phrase, kind, payload in self._phrases.get(words[i], ()):
                 if tuple(words[i : i + len(phrase)]) == phrase:
                     end = i + len(phrase)
-                    items.append(_Item(kind, payload, tokens[i].start, tokens[end - 1].end))
+                    if kind is Kind.NUMERIC:
+                        concept, end = self._read_number(payload, words, end)
+                        items.append(
+                            _Item(Kind.CONCEPT, concept, tokens[i].start, tokens[end - 1].end)
+                            if concept
+                            else _Item(Kind.WORD, payload, tokens[i].start, tokens[end - 1].end)
+                        )
+                    else:
+                        items.append(_Item(kind, payload, tokens[i].start, tokens[end - 1].end))
                     i = end
                     break
             else:
@@ -312,6 +348,11 @@ class TextAnalyzer:
                 items.append(_Item(kind, word, tokens[i].start, tokens[i].end))
                 i += 1
         return items
+
+
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_NUMBER_JOINERS = frozenset({"of", "is", "was", "at", "=", ":", "in", "around", "about"})
+_MG_PER_DL_PER_MMOL_PER_L = 18.0
 
 
 def _fold(text: str) -> tuple[str, list[int]]:

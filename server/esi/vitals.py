@@ -52,6 +52,16 @@ DIASTOLIC = "vitals.diastolic_bp_mmhg"
 TEMPERATURE = "vitals.temperature_c"
 PAIN = "vitals.pain_score"
 GCS = "vitals.gcs"
+FIELD_LABELS = {
+    HEART_RATE: "heart rate",
+    RESPIRATORY_RATE: "respiratory rate",
+    SPO2: "SpO2",
+    SYSTOLIC: "systolic blood pressure",
+    DIASTOLIC: "diastolic blood pressure",
+    TEMPERATURE: "temperature",
+    PAIN: "pain score",
+    GCS: "GCS",
+}
 
 _Band = TypeVar("_Band", bound=AgeBand)
 
