@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import TypeAlias
 
 from server.esi.tables import Concept, Lexicon, NumericFinding
 
@@ -50,13 +51,9 @@ class Kind(enum.Enum):
     WORD = "word"
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """A normalized word with the span of source text it came from."""
-
-    text: str
-    start: int
-    end: int
+# A normalized word and the span of source text it came from: (word, start, end).
+# A plain tuple: the analyzer makes one per word of every note.
+Token: TypeAlias = tuple[str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +181,7 @@ class TextAnalyzer:
         self._numeric: dict[str, list[NumericFinding]] = {}
         for finding in lexicon.numeric:
             for label in finding.labels:
-                key = " ".join(t.text for t in self._normalize(label, repair=False))
+                key = " ".join(word for word, _, _ in self._normalize(label, repair=False))
                 self._numeric.setdefault(key, []).append(finding)
         groups.append((Kind.NUMERIC, ((key, key) for key in self._numeric)))
         vocabulary: set[str] = set()
@@ -202,7 +199,7 @@ class TextAnalyzer:
         self._repair = SpellingRepair(vocabulary, known)
 
     def _add_phrase(self, phrase: str, kind: Kind, payload: str, vocabulary: set[str]) -> None:
-        words = tuple(t.text for t in self._normalize(phrase, repair=False))
+        words = tuple(word for word, _, _ in self._normalize(phrase, repair=False))
         if not words:
             raise ValueError(f"phrase {phrase!r} has no words")
         entries = self._phrases.setdefault(words[0], [])
@@ -251,11 +248,15 @@ class TextAnalyzer:
         i = 0
         while i < len(pieces):
             word, start, end = pieces[i]
-            width, expansion = self._multiword(pieces, i) if word in self._multiword_starts else (1, (word,))
-            end = pieces[i + width - 1][2]
-            for part in expansion:
-                out.extend(Token(w, start, end) for w in canonical(part) if w not in self._transparent)
-            i += width
+            if word in self._multiword_starts:
+                width, expansion = self._multiword(pieces, i)
+                end = pieces[i + width - 1][2]
+                for part in expansion:
+                    out.extend((w, start, end) for w in canonical(part))
+                i += width
+            else:
+                out.extend((w, start, end) for w in canonical(word))
+                i += 1
         return out
 
     def _multiword(self, pieces: list[tuple[str, int, int]], i: int) -> tuple[int, tuple[str, ...]]:
@@ -292,13 +293,17 @@ class TextAnalyzer:
         return tuple(pieces)
 
     def _canonicalize(self, word: str, repair: bool) -> tuple[str, ...]:
-        """A word's canonical words: abbreviation expanded, spelling and plural normalized."""
+        """A word's canonical words: abbreviation expanded, spelling and plural normalized.
+
+        Transparent words ("left", "the") vanish here, so that terms and text agree.
+        """
         out = []
         for part in self._abbreviations.get((word,), (word,)):
             part = singular(self._spelling.get(part, part))
             if repair:
                 part = self._repair.repair(self._spelling.get(part, part))
-            out.append(part)
+            if part not in self._transparent:
+                out.append(part)
         return tuple(out)
 
     # Matching: tokens -> items (phrases, words, punctuation).
@@ -320,7 +325,7 @@ class TextAnalyzer:
 
     def _items(self, tokens: list[Token]) -> list[_Item]:
         items: list[_Item] = []
-        words = [t.text for t in tokens]
+        words = [word for word, _, _ in tokens]
         i = 0
         while i < len(tokens):
             for phrase, kind, payload in self._phrases.get(words[i], ()):
@@ -329,12 +334,12 @@ class TextAnalyzer:
                     if kind is Kind.NUMERIC:
                         concept, end = self._read_number(payload, words, end)
                         items.append(
-                            _Item(Kind.CONCEPT, concept, tokens[i].start, tokens[end - 1].end)
+                            _Item(Kind.CONCEPT, concept, tokens[i][1], tokens[end - 1][2])
                             if concept
-                            else _Item(Kind.WORD, payload, tokens[i].start, tokens[end - 1].end)
+                            else _Item(Kind.WORD, payload, tokens[i][1], tokens[end - 1][2])
                         )
                     else:
-                        items.append(_Item(kind, payload, tokens[i].start, tokens[end - 1].end))
+                        items.append(_Item(kind, payload, tokens[i][1], tokens[end - 1][2]))
                     i = end
                     break
             else:
@@ -345,7 +350,7 @@ class TextAnalyzer:
                     kind = Kind.CONNECTOR
                 else:
                     kind = Kind.WORD
-                items.append(_Item(kind, word, tokens[i].start, tokens[i].end))
+                items.append(_Item(kind, word, tokens[i][1], tokens[i][2]))
                 i += 1
         return items
 
