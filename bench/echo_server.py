@@ -20,11 +20,13 @@ from google.protobuf import json_format
 from grpc import aio
 
 from server.esi.engine import RulesEngine
+from server.pipeline.model import StepResult
 from server.pipeline.pipeline import Pipeline
 from server.reflection import enable_reflection
-from server.services.convert import classification_message, step_event
+from server.services.convert import fill_classification, fill_step_event
 from server.validation import validate_case
 from triage.v1 import (
+    classification_pb2,
     classify_service_pb2,
     classify_service_pb2_grpc,
     explain_service_pb2,
@@ -37,23 +39,31 @@ HERE = Path(__file__).parent
 async def canned_responses() -> tuple[classify_service_pb2.ClassifyResponse, list[explain_service_pb2.ExplainResponse]]:
     """The responses the engine gives the benchmark's cases (bench/*.json)."""
     pipeline = Pipeline(RulesEngine())
-    responses: list[Any] = []
+    runs: list[tuple[list[StepResult], classification_pb2.Classification]] = []
     for config in ("classify.json", "explain.json"):
         request = json_format.ParseDict(
             json.loads((HERE / config).read_text())["data"], classify_service_pb2.ClassifyRequest()
         )
         steps = [step async for step in pipeline.steps(validate_case(request.case))]
-        classification = classification_message(
+        classification = classification_pb2.Classification()
+        fill_classification(
+            classification,
             pipeline.result(steps),
             classification_id="01KBENCHMARK0000000000000",
             classified_at=datetime.now(UTC),
             case_ref="bench-1",
         )
-        responses.append((steps, classification))
-    classify = classify_service_pb2.ClassifyResponse(classification=responses[0][1])
-    explain_steps, explain_classification = responses[1]
-    explain = [explain_service_pb2.ExplainResponse(step=step_event(s)) for s in explain_steps]
-    explain.append(explain_service_pb2.ExplainResponse(classification=explain_classification))
+        runs.append((steps, classification))
+    classify = classify_service_pb2.ClassifyResponse()
+    classify.classification.CopyFrom(runs[0][1])
+    explain = []
+    for step in runs[1][0]:
+        event = explain_service_pb2.ExplainResponse()
+        fill_step_event(event.step, step)
+        explain.append(event)
+    final = explain_service_pb2.ExplainResponse()
+    final.classification.CopyFrom(runs[1][1])
+    explain.append(final)
     return classify, explain
 
 

@@ -25,6 +25,7 @@ from server.esi.text import Mention, TextAnalyzer
 from server.esi.vitals import (
     FIELD_LABELS,
     HEART_RATE,
+    PAIN,
     RESPIRATORY_RATE,
     SPO2,
     VitalState,
@@ -85,7 +86,6 @@ class CaseFacts:
     mentions: dict[str, Mention]
     states: dict[str, VitalState]
     risk_factors: dict[RiskFactor, Evidence]
-    all_mentions: tuple[Mention, ...]
 
     @property
     def age_days(self) -> float:
@@ -113,7 +113,11 @@ class ConditionIndex(Generic[_Entry]):
         self._always: list[int] = []
         for position, entry in enumerate(self._entries):
             when = condition(entry)
-            keys: tuple[object, ...] = when.concepts or when.states or when.risk_factors
+            keys: list[tuple[str, object]] = (
+                [("concept", c) for c in when.concepts]
+                or [("state", s) for s in when.states]
+                or [("risk", r) for r in when.risk_factors]
+            )
             if not keys:
                 self._always.append(position)
             for key in keys:
@@ -121,9 +125,9 @@ class ConditionIndex(Generic[_Entry]):
 
     def candidates(self, facts: CaseFacts) -> list[_Entry]:
         positions = set(self._always)
-        for present in (facts.mentions, facts.states, facts.risk_factors):
+        for kind, present in (("concept", facts.mentions), ("state", facts.states), ("risk", facts.risk_factors)):
             for key in present:
-                positions.update(self._by_key.get(key, ()))
+                positions.update(self._by_key.get((kind, key), ()))
         return [self._entries[p] for p in sorted(positions)]
 
 
@@ -176,7 +180,6 @@ class RulesEngine:
             mentions=current,
             states=assess_vitals(case, self.tables.vitals),
             risk_factors=risks,
-            all_mentions=tuple(mentions),
         )
 
     def match(self, facts: CaseFacts, condition: Condition) -> list[Evidence] | None:
@@ -229,15 +232,7 @@ class RulesEngine:
 
     def high_risk(self, facts: CaseFacts) -> StepResult:
         """Decision point B: high risk, new confusion, or severe pain or distress?"""
-        warnings: tuple[Warning, ...] = ()
-        if facts.case.vitals.pain_score is None and not facts.states.keys() & {"severe_pain"}:
-            warnings = (
-                Warning(
-                    "missing_input",
-                    "vitals.pain_score",
-                    "pain score not given: severe pain was judged from the text alone",
-                ),
-            )
+        warnings = _missing(facts, [(PAIN, "severe pain was judged from the text alone")])
         return self._rule_step(facts, STEP_HIGH_RISK, "high_risk", 2, warnings)
 
     def _rule_step(
@@ -357,20 +352,14 @@ class RulesEngine:
         zone = danger_zone_band(t, facts.age_days)
         v = facts.case.vitals
         checks = [
-            (HEART_RATE, v.heart_rate_bpm, zone.heart_rate_above, "danger_zone_heart_rate", "above"),
-            (
-                RESPIRATORY_RATE,
-                v.respiratory_rate_per_min,
-                zone.respiratory_rate_above,
-                "danger_zone_respiratory_rate",
-                "above",
-            ),
-            (SPO2, v.spo2_percent, t.spo2_danger_zone_below, "danger_zone_spo2", "below"),
+            (HEART_RATE, v.heart_rate_bpm, zone.heart_rate_above, "danger_zone_heart_rate"),
+            (RESPIRATORY_RATE, v.respiratory_rate_per_min, zone.respiratory_rate_above, "danger_zone_respiratory_rate"),
+            (SPO2, v.spo2_percent, t.spo2_danger_zone_below, "danger_zone_spo2"),
         ]
         warnings = _missing(facts, [(field, "its danger-zone limit could not be checked") for field, *_ in checks])
         certainty = 0.9 - _MISSING_VITAL_PENALTY * 2 * len(warnings)
         findings: list[Finding] = []
-        for field, value, limit, state, _direction in checks:
+        for field, value, limit, state in checks:
             if value is None:
                 continue
             if state in facts.states:

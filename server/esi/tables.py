@@ -35,6 +35,15 @@ def age_days(spec: str) -> float:
     return number * {"d": 1.0, "mo": DAYS_PER_MONTH, "y": DAYS_PER_YEAR}[unit]
 
 
+def within_ages(days: float, min_age: float | None, below_age: float | None, max_age: float | None) -> bool:
+    """Whether an age is at least min_age, below below_age and at most max_age (None: no limit)."""
+    return (
+        (min_age is None or days >= min_age)
+        and (below_age is None or days < below_age)
+        and (max_age is None or days <= max_age)
+    )
+
+
 def _age_or_value(value: object) -> object:
     return age_days(value) if isinstance(value, str) else value
 
@@ -131,11 +140,7 @@ class Condition(_Table):
         return {*self.concepts, *self.with_concepts, *self.unless_concepts}
 
     def age_matches(self, days: float) -> bool:
-        return (
-            (self.min_age is None or days >= self.min_age)
-            and (self.below_age is None or days < self.below_age)
-            and (self.max_age is None or days <= self.max_age)
-        )
+        return within_ages(days, self.min_age, self.below_age, self.max_age)
 
 
 class Concept(_Table):
@@ -201,11 +206,7 @@ class AgeBand(_Table):
     max_age: AgeDays | None = None
 
     def contains(self, days: float) -> bool:
-        return (
-            days >= self.min_age
-            and (self.below_age is None or days < self.below_age)
-            and (self.max_age is None or days <= self.max_age)
-        )
+        return within_ages(days, self.min_age, self.below_age, self.max_age)
 
 
 class DangerZoneBand(AgeBand):

@@ -15,7 +15,7 @@ from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
 from server.pipeline.model import Case, StepResult
 from server.pipeline.pipeline import Pipeline
-from server.services.convert import classification_message
+from server.services.convert import fill_classification
 from server.store.audit import AuditLog
 from server.validation import validate_case
 from triage.v1 import case_pb2, classification_pb2
@@ -39,9 +39,13 @@ class Classifier:
         return self._pipeline.steps(case)
 
     async def finish(
-        self, message: case_pb2.TriageCase, steps: Sequence[StepResult], method: str
-    ) -> classification_pb2.Classification:
-        """Builds the classification, records it, and returns it once durable."""
+        self,
+        message: case_pb2.TriageCase,
+        steps: Sequence[StepResult],
+        method: str,
+        into: classification_pb2.Classification,
+    ) -> None:
+        """Fills the classification into `into` (a field of the response) once it is recorded."""
         result = self._pipeline.result(steps)
         classified_at = datetime.now(UTC)
         classification_id = new_id(int(classified_at.timestamp() * 1000))
@@ -67,6 +71,6 @@ class Classifier:
                 "cache_hit": False,
             }
         )
-        return classification_message(
-            result, classification_id=classification_id, classified_at=classified_at, case_ref=message.case_ref
+        fill_classification(
+            into, result, classification_id=classification_id, classified_at=classified_at, case_ref=message.case_ref
         )

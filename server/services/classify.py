@@ -23,5 +23,6 @@ class ClassifyService(classify_service_pb2_grpc.ClassifyServiceServicer):
     ) -> classify_service_pb2.ClassifyResponse:
         case = self._classifier.validate(request.case, request.HasField("case"))
         steps = [step async for step in self._classifier.steps(case)]
-        classification = await self._classifier.finish(request.case, steps, CLASSIFY_METHOD)
-        return classify_service_pb2.ClassifyResponse(classification=classification)
+        response = classify_service_pb2.ClassifyResponse()
+        await self._classifier.finish(request.case, steps, CLASSIFY_METHOD, into=response.classification)
+        return response

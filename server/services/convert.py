@@ -5,34 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from server.pipeline.model import Cost, Finding, PredictedResource, StepResult, TriageResult, Warning
+from server.pipeline.model import Cost, Finding, StepResult, TriageResult
 from server.store.models import AuditEvent
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 
-def cost_message(cost: Cost) -> classification_pb2.Cost:
-    return classification_pb2.Cost(
-        usd_micros=cost.usd_micros, input_tokens=cost.input_tokens, output_tokens=cost.output_tokens
-    )
+def _fill_cost(target: classification_pb2.Cost, cost: Cost) -> None:
+    target.usd_micros = cost.usd_micros
+    target.input_tokens = cost.input_tokens
+    target.output_tokens = cost.output_tokens
 
 
-def finding_messages(findings: Iterable[Finding]) -> list[classification_pb2.Finding]:
-    return [
-        classification_pb2.Finding(code=f.code, text=f.text, step=f.step, input_field=f.input_field) for f in findings
-    ]
-
-
-def _resources(resources: Iterable[PredictedResource]) -> list[classification_pb2.PredictedResource]:
-    return [
-        classification_pb2.PredictedResource(kind=r.kind, detail=r.detail, reason=r.reason, input_field=r.input_field)
-        for r in resources
-    ]
-
-
-def _warnings(warnings: Iterable[Warning]) -> list[classification_pb2.Warning]:
-    return [classification_pb2.Warning(code=w.code, input_field=w.input_field, text=w.text) for w in warnings]
+def _add_findings(
+    target: RepeatedCompositeFieldContainer[classification_pb2.Finding], findings: Iterable[Finding]
+) -> None:
+    for f in findings:
+        target.add(code=f.code, text=f.text, step=f.step, input_field=f.input_field)
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -41,43 +32,47 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def step_event(result: StepResult) -> explain_service_pb2.StepEvent:
-    elapsed = duration_pb2.Duration()
-    elapsed.FromNanoseconds(int(result.elapsed_seconds * 1e9))
-    return explain_service_pb2.StepEvent(
-        step=result.step,
-        question=result.question,
-        answer=result.answer,
-        evidence=finding_messages(result.findings),
-        backend=result.backend,
-        elapsed=elapsed,
-        cost=cost_message(result.cost),
-        decisive=result.level is not None,
-        esi_level=classification_pb2.EsiLevel.ValueType(result.level or 0),
-    )
+# The fill_* functions write into a message the caller already holds (a field
+# of the response): assigning a finished message to a field would copy it.
 
 
-def classification_message(
-    result: TriageResult, *, classification_id: str, classified_at: datetime, case_ref: str
-) -> classification_pb2.Classification:
-    return classification_pb2.Classification(
-        classification_id=classification_id,
-        esi_level=classification_pb2.EsiLevel.ValueType(result.esi_level),
-        confidence=result.confidence,
-        decided_at=result.decided_at,
-        findings=finding_messages(result.findings),
-        predicted_resources=_resources(result.resources),
-        resource_count=result.resource_count,
-        warnings=_warnings(result.warnings),
-        rationale=result.rationale,
-        pipeline=classification_pb2.PipelineInfo(
-            ruleset_version=result.ruleset_version,
-            step_backends=[classification_pb2.StepBackend(step=s.step, backend=s.backend) for s in result.steps],
-        ),
-        cost=cost_message(result.cost),
-        classified_at=timestamp(classified_at),
-        case_ref=case_ref,
-    )
+def fill_step_event(target: explain_service_pb2.StepEvent, result: StepResult) -> None:
+    target.step = result.step
+    target.question = result.question
+    target.answer = result.answer
+    _add_findings(target.evidence, result.findings)
+    target.backend = result.backend
+    target.elapsed.FromNanoseconds(int(result.elapsed_seconds * 1e9))
+    _fill_cost(target.cost, result.cost)
+    target.decisive = result.level is not None
+    target.esi_level = classification_pb2.EsiLevel.ValueType(result.level or 0)
+
+
+def fill_classification(
+    target: classification_pb2.Classification,
+    result: TriageResult,
+    *,
+    classification_id: str,
+    classified_at: datetime,
+    case_ref: str,
+) -> None:
+    target.classification_id = classification_id
+    target.esi_level = classification_pb2.EsiLevel.ValueType(result.esi_level)
+    target.confidence = result.confidence
+    target.decided_at = result.decided_at
+    _add_findings(target.findings, result.findings)
+    for r in result.resources:
+        target.predicted_resources.add(kind=r.kind, detail=r.detail, reason=r.reason, input_field=r.input_field)
+    target.resource_count = result.resource_count
+    for w in result.warnings:
+        target.warnings.add(code=w.code, input_field=w.input_field, text=w.text)
+    target.rationale = result.rationale
+    target.pipeline.ruleset_version = result.ruleset_version
+    for step in result.steps:
+        target.pipeline.step_backends.add(step=step.step, backend=step.backend)
+    _fill_cost(target.cost, result.cost)
+    target.classified_at.FromDatetime(classified_at)
+    target.case_ref = case_ref
 
 
 def audit_event_message(event: AuditEvent) -> admin_service_pb2.AuditEvent:

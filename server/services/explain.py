@@ -10,7 +10,7 @@ from grpc import aio
 from server.errors import FailedPrecondition, InvalidArgument, field_violation
 from server.ids import is_id
 from server.services.classifier import Classifier
-from server.services.convert import step_event
+from server.services.convert import fill_step_event
 from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
 
 EXPLAIN_METHOD = "/triage.v1.ExplainService/Explain"
@@ -39,6 +39,9 @@ class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
         steps = []
         async for step in self._classifier.steps(case):
             steps.append(step)
-            yield explain_service_pb2.ExplainResponse(step=step_event(step))
-        classification = await self._classifier.finish(request.case, steps, EXPLAIN_METHOD)
-        yield explain_service_pb2.ExplainResponse(classification=classification)
+            event = explain_service_pb2.ExplainResponse()
+            fill_step_event(event.step, step)
+            yield event
+        final = explain_service_pb2.ExplainResponse()
+        await self._classifier.finish(request.case, steps, EXPLAIN_METHOD, into=final.classification)
+        yield final

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, col, select
 
 from server.errors import Unavailable
@@ -49,6 +50,8 @@ class AuditLog:
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._insert = f"INSERT INTO {_TABLE.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([marker] * len(COLUMNS))})"
         self._sqlite = engine.dialect.name == "sqlite"
+        # The writer thread's own connection, taken from the pool on first use.
+        self._connection: PoolProxiedConnection | None = None
         self._max_batch = max_batch_records
         self._max_pending = max_pending_records
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
@@ -106,8 +109,24 @@ class AuditLog:
                     future.set_exception(outcome)
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        with self._engine.begin() as connection:
-            connection.exec_driver_sql(self._insert, rows)
+        """One transaction for the batch, on the writer thread's connection."""
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        connection = self._connection
+        cursor = connection.cursor()
+        try:
+            cursor.executemany(self._insert, rows)
+            connection.commit()
+        except Exception:
+            # Roll back what the batch wrote; a broken connection is replaced next time.
+            try:
+                connection.rollback()
+            except Exception:  # noqa: BLE001 - the connection is unusable; drop it
+                connection.invalidate()
+                self._connection = None
+            raise
+        finally:
+            cursor.close()
         self.commits += 1
         self.records_written += len(rows)
 
@@ -139,4 +158,7 @@ class AuditLog:
         self._closed = True
         while self._flusher is not None and not self._flusher.done():
             await self._flusher
+        if self._connection is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._connection.close)
+            self._connection = None
         self._writer.shutdown(wait=True)
