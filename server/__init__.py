@@ -1,0 +1,1 @@
+"""The triage server: configuration, services, pipeline, ESI rules engine and store."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from server.esi.engine import RulesEngine
+from server.esi.engine import DangerZonePolicy, RulesEngine
 from server.pipeline.pipeline import Pipeline
 from server.validation import VITAL_RANGES, validate_case
 from triage.v1 import case_pb2
@@ -179,7 +179,7 @@ async def evaluate_rows(rows: Iterable[dict[str, str]], pipeline: Pipeline) -> E
     return result
 
 
-def evaluate_csv(path: Path, danger_zone_policy: str = "up_triage") -> Evaluation:
-    pipeline = Pipeline(RulesEngine(), danger_zone_policy=danger_zone_policy)  # type: ignore[arg-type]
+def evaluate_csv(path: Path, danger_zone_policy: DangerZonePolicy = "up_triage") -> Evaluation:
+    pipeline = Pipeline(RulesEngine(), danger_zone_policy=danger_zone_policy)
     with path.open(newline="") as handle:
         return asyncio.run(evaluate_rows(csv.DictReader(handle), pipeline))

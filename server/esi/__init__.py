@@ -1,0 +1,1 @@
+"""The ESI rules engine: clinical tables (data/) read by small code."""

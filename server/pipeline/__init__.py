@@ -1,0 +1,1 @@
+"""The triage pipeline: ESI decision points as steps, each answered by a backend."""

@@ -84,8 +84,8 @@ def audit_event_message(event: AuditEvent) -> admin_service_pb2.AuditEvent:
         classification_id=event.classification_id,
         recorded_at=timestamp(recorded_at),
         method=event.method,
-        esi_level=event.esi_level,  # type: ignore[arg-type]
-        decided_at=event.decided_at,  # type: ignore[arg-type]
+        esi_level=classification_pb2.EsiLevel.ValueType(event.esi_level),
+        decided_at=classification_pb2.Step.ValueType(event.decided_at),
         finding_codes=event.finding_codes.split(),
         ruleset_version=event.ruleset_version,
         input_hmac_sha256=event.input_hmac_sha256,

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from google.protobuf.descriptor import MethodDescriptor
 
 from triage.v1 import admin_service_pb2, classify_service_pb2, explain_service_pb2
 from triage_client import AsyncTriageClient, TriageClient
@@ -47,8 +48,8 @@ def _snake(name: str) -> str:
 @pytest.mark.parametrize(
     "method", [m for s in SERVICES for m in s.methods], ids=lambda m: f"{m.containing_service.name}.{m.name}"
 )
-def test_the_client_covers_every_rpc(client_class: type, method: object) -> None:
-    name = _snake(method.name)  # type: ignore[attr-defined]
+def test_the_client_covers_every_rpc(client_class: type, method: MethodDescriptor) -> None:
+    name = _snake(method.name)
 
     assert callable(getattr(client_class, name, None)), f"{client_class.__name__} lacks {name}"
 

@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TextIO
 
 from google.protobuf import json_format
@@ -131,19 +132,19 @@ def _add_case_arguments(command: argparse.ArgumentParser) -> None:
 
 def case_from_args(args: argparse.Namespace, stdin: TextIO) -> case_pb2.TriageCase:
     if args.json:
-        text = stdin.read() if args.json == "-" else open(args.json, encoding="utf-8").read()  # noqa: SIM115
+        text = stdin.read() if args.json == "-" else Path(args.json).read_text(encoding="utf-8")
         return json_format.Parse(text, case_pb2.TriageCase())
     case = case_pb2.TriageCase(chief_complaint=args.complaint or "", history=args.history or "", case_ref=args.case_ref)
     if args.age is not None:
         case.age.CopyFrom(args.age)
     if args.sex:
-        case.sex = SEXES[args.sex]  # type: ignore[assignment]
+        case.sex = case_pb2.Sex.ValueType(SEXES[args.sex])
     if args.avpu:
-        case.avpu = AVPU[args.avpu]  # type: ignore[assignment]
+        case.avpu = case_pb2.Avpu.ValueType(AVPU[args.avpu])
     if args.arrival:
-        case.arrival_mode = ARRIVALS[args.arrival]  # type: ignore[assignment]
+        case.arrival_mode = case_pb2.ArrivalMode.ValueType(ARRIVALS[args.arrival])
     case.acute_mental_status_change = args.ams
-    case.risk_factors.extend(RISKS[r] for r in args.risk)  # type: ignore[misc]
+    case.risk_factors.extend(case_pb2.RiskFactor.ValueType(RISKS[r]) for r in args.risk)
     vitals = case.vitals
     for option, field in (
         ("hr", "heart_rate_bpm"),
