@@ -63,7 +63,8 @@ class TriageServer:
             max_pending_records=settings.audit_max_pending_records,
         )
         self._audit = audit
-        pipeline = Pipeline(RulesEngine(), danger_zone_policy=settings.danger_zone_policy)
+        rules = await asyncio.to_thread(RulesEngine)
+        pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy)
         classifier = Classifier(pipeline, audit, secret)
 
         server = aio.server(interceptors=[ErrorInterceptor()])
@@ -91,15 +92,14 @@ class TriageServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        fields: dict[str, object] = {"port": self.port}
         if self._audit is not None:
             await self._audit.close()
+            # How well group commit worked: records per transaction.
+            fields |= {"audit_records": self._audit.records_written, "audit_commits": self._audit.commits}
         if self._engine is not None:
             self._engine.dispose()
-        log.info("stopped", extra={"fields": {"port": self.port}})
-
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
+        log.info("stopped", extra={"fields": fields})
 
 
 async def serve(settings: Settings) -> None:

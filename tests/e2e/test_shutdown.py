@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.e2e.processes import start_server
 from tests.support import make_case
 from triage.v1 import classification_pb2
-from triage_client import AsyncTriageClient
+from triage_client import AsyncTriageClient, InvalidArgument
 
 
 async def _next_status(
@@ -97,3 +99,22 @@ async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) ->
     assert events.count("serving") == 2
     assert events.count("stopped") == 2
     assert events[-1] == "workers stopped"
+
+
+async def test_patient_content_never_reaches_the_log(tmp_path: Path) -> None:
+    marker = "zq-marker-4417"
+    server = await start_server(tmp_path, TRIAGE_LOG_LEVEL="DEBUG")
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+        await client.classify(make_case(f"chest pain {marker}", "60y", history=f"note {marker}"))
+        explained = [e async for e in client.explain(make_case(f"{marker} vomiting", "3y"))]
+        assert explained
+        with pytest.raises(InvalidArgument):
+            await client.classify(make_case(marker * 200, "200y"))
+    server.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(15):
+        await server.read_log()
+        await server.process.wait()
+
+    log_text = "\n".join(json.dumps(entry) for entry in server.log)
+    assert "stopped" in log_text
+    assert marker not in log_text
