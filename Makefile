@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GHZ_VERSION := v0.120.0
 GHZ := $(BIN)/ghz
-EVAL_CSV ?= ../shared/data/mimic-iv-ed-demo/triage_with_age.csv
+EVAL_CSV ?= tests/data/mimic-iv-ed-demo/triage_with_age.csv
 
 .PHONY: setup run test lint proto bench eval lock clean
 
