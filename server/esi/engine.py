@@ -61,7 +61,7 @@ QUESTIONS: dict[Step, str] = {
     STEP_REVIEW: "Do safety floors apply, and how sure is the answer?",
 }
 
-_FIELD_LABELS = {"chief_complaint": "chief complaint", "history": "history"}
+_TEXT_FIELD_LABELS = {"chief_complaint": "chief complaint", "history": "history"}
 _CHILD_BELOW_DAYS = 18 * DAYS_PER_YEAR
 _COMPLEX_PROCEDURE_WEIGHT = 2
 # Certainty lost for each vital sign a step needed and did not get.
@@ -93,7 +93,7 @@ class CaseFacts:
 
 
 def _mention_evidence(mention: Mention) -> Evidence:
-    return Evidence(f"{_FIELD_LABELS[mention.input_field]} '{mention.quote}'", mention.input_field)
+    return Evidence(f"{_TEXT_FIELD_LABELS[mention.input_field]} '{mention.quote}'", mention.input_field)
 
 
 _Entry = TypeVar("_Entry")

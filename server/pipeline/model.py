@@ -144,7 +144,11 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class TriageResult:
-    """The pipeline's answer for one case, before it gets an id and a time."""
+    """The pipeline's answer for one case, before it gets an id and a time.
+
+    Build it with `from_steps`: the totals over the steps are worked out once,
+    because the audit record and the response both read them.
+    """
 
     esi_level: int
     confidence: float
@@ -152,30 +156,40 @@ class TriageResult:
     steps: tuple[StepResult, ...]
     rationale: str
     ruleset_version: str
+    findings: tuple[Finding, ...]
+    warnings: tuple[Warning, ...]
+    resources: tuple[PredictedResource, ...]
+    resource_count: int
+    cost: Cost
 
-    @property
-    def findings(self) -> tuple[Finding, ...]:
-        return tuple(f for s in self.steps for f in s.findings)
-
-    @property
-    def warnings(self) -> tuple[Warning, ...]:
-        seen: dict[tuple[str, str], Warning] = {}
-        for step in self.steps:
+    @classmethod
+    def from_steps(
+        cls,
+        steps: tuple[StepResult, ...],
+        *,
+        esi_level: int,
+        confidence: float,
+        decided_at: Step,
+        rationale: str,
+        ruleset_version: str,
+    ) -> TriageResult:
+        warnings: dict[tuple[str, str], Warning] = {}
+        cost = Cost()
+        for step in steps:
             for warning in step.warnings:
-                seen.setdefault((warning.code, warning.input_field), warning)
-        return tuple(seen.values())
-
-    @property
-    def resources(self) -> tuple[PredictedResource, ...]:
-        return next((s.resources for s in self.steps if s.step == STEP_RESOURCES), ())
-
-    @property
-    def resource_count(self) -> int:
-        return next((s.resource_count for s in self.steps if s.step == STEP_RESOURCES), 0)
-
-    @property
-    def cost(self) -> Cost:
-        total = Cost()
-        for step in self.steps:
-            total = total + step.cost
-        return total
+                warnings.setdefault((warning.code, warning.input_field), warning)
+            cost = cost + step.cost
+        resources_step = next((s for s in steps if s.step == STEP_RESOURCES), None)
+        return cls(
+            esi_level=esi_level,
+            confidence=confidence,
+            decided_at=decided_at,
+            steps=steps,
+            rationale=rationale,
+            ruleset_version=ruleset_version,
+            findings=tuple(f for s in steps for f in s.findings),
+            warnings=tuple(warnings.values()),
+            resources=resources_step.resources if resources_step else (),
+            resource_count=resources_step.resource_count if resources_step else 0,
+            cost=cost,
+        )

@@ -110,11 +110,11 @@ class Pipeline:
         if review.step != STEP_REVIEW or review.level is None:
             raise ValueError("the last step result must be the review, with a level")
         decided = next(s for s in reversed(steps[:-1]) if s.level is not None)
-        return TriageResult(
+        return TriageResult.from_steps(
+            tuple(steps),
             esi_level=review.level,
             confidence=review.certainty,
             decided_at=STEP_REVIEW if review.findings else decided.step,
-            steps=tuple(steps),
             rationale=review.rationale,
             ruleset_version=self.engine.version,
         )
