@@ -43,9 +43,8 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            # No such method, or client streaming, which no service defines yet.
-            return handler
+        if handler is None:
+            return None  # no such method: grpc answers UNIMPLEMENTED
         method_name = handler_call_details.method
         wrapped = self._wrapped.get(method_name)
         if wrapped is None:
@@ -57,8 +56,10 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
         return deserializer
 
     def _wrap(self, handler: Handler, method_name: str) -> Handler:
+        # For a client stream, `request` is the iterator of requests.
+        kind = _KINDS[handler.request_streaming, handler.response_streaming]
         # grpc.aio handlers hold coroutine functions; typeshed types them as sync.
-        inner: Behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary  # type: ignore[assignment]
+        inner: Behaviour = getattr(handler, kind)
         if handler.response_streaming:
 
             async def stream_behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -66,20 +67,28 @@ class ServerInterceptor(aio.ServerInterceptor, abc.ABC):
                 async for response in responses:
                     yield response
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream_behaviour,
-                request_deserializer=self.request_deserializer(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
+            behaviour: Behaviour = stream_behaviour
+        else:
 
-        async def unary_behaviour(request: Any, context: Context) -> Any:
-            return await self.intercept(inner, request, context, method_name)
+            async def unary_behaviour(request: Any, context: Context) -> Any:
+                return await self.intercept(inner, request, context, method_name)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_behaviour,
+            behaviour = unary_behaviour
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        wrapped: Handler = factory(
+            behaviour,
             request_deserializer=self.request_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+        return wrapped
+
+
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
 
 
 async def call_through(method: Behaviour, request: Any, context: Context) -> Any:

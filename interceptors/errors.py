@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from interceptors.base import Behaviour, Context, Deserializer, ServerInterceptor, call_through
+from server.calls import current_call
 from server.errors import Internal, InvalidArgument, ServiceError, field_violation
 
 log = logging.getLogger("triage.errors")
@@ -85,4 +86,8 @@ class ErrorInterceptor(ServerInterceptor):
                 },
             )
             error = Internal("internal error; it has been logged")
-        await context.abort_with_status(error.to_status())
+        status = error.to_status()
+        # Metadata the call gathered (request id, rate-limit headers) rides with the error.
+        call = current_call()
+        extra = tuple(call.response_metadata) if call is not None else ()
+        await context.abort(status.code, status.details, (*status.trailing_metadata, *extra))

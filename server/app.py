@@ -6,22 +6,35 @@ import asyncio
 import logging
 import signal
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import Engine
 
+from interceptors.auth import OPEN, AuthInterceptor, Policy
+from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorInterceptor
+from interceptors.observability import ObservabilityInterceptor
+from interceptors.rate_limit import RateLimitInterceptor
+from server import metrics
+from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
+from server.identity.api_keys import ApiKeyAuthenticator
+from server.identity.oidc import OidcVerifier
 from server.pipeline.pipeline import Pipeline
+from server.rate_limits import RateLimiter
 from server.reflection import enable_reflection
 from server.secret import load_server_secret
 from server.services.admin import AdminService
 from server.services.classifier import Classifier
-from server.services.classify import ClassifyService
-from server.services.explain import ExplainService
+from server.services.classify import CLASSIFY_METHOD, ClassifyService
+from server.services.explain import EXPLAIN_METHOD, ExplainService
+from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.database import open_database
+from server.tracing import start_tracing
 from triage.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -33,11 +46,38 @@ from triage.v1 import (
 
 log = logging.getLogger("triage.server")
 
+# Reported NOT_SERVING while Redis is away and rate limits are counted per process.
+RATE_LIMIT_STORAGE_HEALTH = "triage.rate_limit_storage"
+
 SERVICE_NAMES = (
     classify_service_pb2.DESCRIPTOR.services_by_name["ClassifyService"].full_name,
     explain_service_pb2.DESCRIPTOR.services_by_name["ExplainService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
+
+
+_EVERY_ROLE = frozenset(Role)
+# Who may call what, by service; anything not listed is refused.
+ACCESS_POLICY: Policy = {
+    "triage.v1.ClassifyService": _EVERY_ROLE,
+    "triage.v1.ExplainService": _EVERY_ROLE,
+    "triage.v1.AdminService": frozenset({Role.ADMIN}),
+    "grpc.health.v1.Health": OPEN,
+    "grpc.reflection.v1.ServerReflection": OPEN,
+    "grpc.reflection.v1alpha.ServerReflection": OPEN,
+}
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files (mutual TLS with a client CA); None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 class TriageServer:
@@ -50,6 +90,10 @@ class TriageServer:
         self._server: aio.Server | None = None
         self._audit: AuditLog | None = None
         self._engine: Engine | None = None
+        self._api_keys: ApiKeyAuthenticator | None = None
+        self._limiter: RateLimiter | None = None
+        self._tracer_provider: TracerProvider | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Opens the store, starts serving, and returns the bound port."""
@@ -66,25 +110,87 @@ class TriageServer:
         rules = await asyncio.to_thread(RulesEngine)
         pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy)
         classifier = Classifier(pipeline, audit, secret)
+        key_store = ApiKeyStore(engine)
+        api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
+        self._api_keys = api_keys
+        await api_keys.start()
+        limiter = RateLimiter(settings.redis_url, on_degraded=self._rate_limit_storage_changed)
+        self._limiter = limiter
 
-        server = aio.server(interceptors=[ErrorInterceptor()])
+        server = aio.server(
+            interceptors=self._interceptors(api_keys, limiter),
+            options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+        )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(audit), server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(audit, key_store, secret, api_keys), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
-        self.port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings)
+        self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"could not bind {settings.host}:{settings.port}")
+            raise OSError(f"could not bind {address}")
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.redis_url:
+            await self.health.set(RATE_LIMIT_STORAGE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"fields": {"host": settings.host, "port": self.port, "ruleset": pipeline.engine.version}},
+            extra={
+                "fields": {
+                    "host": settings.host,
+                    "port": self.port,
+                    "tls": credentials is not None,
+                    "mutual_tls": settings.tls_client_ca is not None,
+                    "ruleset": pipeline.engine.version,
+                }
+            },
         )
         return self.port
+
+    def _interceptors(self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter) -> list[aio.ServerInterceptor]:
+        """The chain, outermost first, in DESIGN.md's order."""
+        settings = self.settings
+        oidc = None
+        if settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks_url:
+            oidc = OidcVerifier(
+                issuer=settings.oidc_issuer,
+                audience=settings.oidc_audience,
+                jwks_url=settings.oidc_jwks_url,
+                role_claim=settings.oidc_role_claim,
+                clock_skew_seconds=settings.oidc_clock_skew_seconds,
+            )
+        chain: list[aio.ServerInterceptor] = []
+        if settings.otlp_endpoint:
+            self._tracer_provider, tracing = start_tracing(settings.otlp_endpoint)
+            chain.append(tracing)
+        chain += [
+            ObservabilityInterceptor(),
+            # Inside observability, so that the access log sees the status it chose.
+            ErrorInterceptor(),
+            AuthInterceptor(ACCESS_POLICY, api_keys, oidc, anonymous_demo=settings.anonymous_demo),
+            DeadlineInterceptor(
+                {
+                    CLASSIFY_METHOD: settings.classify_default_deadline_seconds,
+                    EXPLAIN_METHOD: settings.explain_default_deadline_seconds,
+                },
+                fallback_seconds=settings.default_deadline_seconds,
+                maximum_seconds=settings.max_deadline_seconds,
+                minimum_seconds=settings.min_deadline_seconds,
+            ),
+            RateLimitInterceptor(limiter, settings.role_rate_limits()),
+        ]
+        return chain
+
+    def _rate_limit_storage_changed(self, degraded: bool) -> None:
+        metrics.RATE_LIMIT_STORAGE_DEGRADED.set(1 if degraded else 0)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if degraded else health_pb2.HealthCheckResponse.SERVING
+        self._background.add(asyncio.create_task(self.health.set(RATE_LIMIT_STORAGE_HEALTH, status)))
 
     async def stop(self, grace_seconds: float | None = None) -> None:
         """Health goes NOT_SERVING, in-flight calls get the grace period, the store is flushed."""
@@ -93,6 +199,12 @@ class TriageServer:
         if self._server is not None:
             await self._server.stop(grace)
         fields: dict[str, object] = {"port": self.port}
+        if self._api_keys is not None:
+            await self._api_keys.stop()
+        if self._limiter is not None:
+            await self._limiter.close()
+        if self._tracer_provider is not None:
+            await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:
             await self._audit.close()
             # How well group commit worked: records per transaction.
@@ -109,6 +221,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if settings.metrics_port is not None:
+        port = metrics.serve_metrics(settings.metrics_host, settings.metrics_port)
+        log.info("metrics serving", extra={"fields": {"host": settings.metrics_host, "port": port}})
     await server.start()
     await stopping.wait()
     log.info("shutting down", extra={"fields": {"grace_seconds": settings.shutdown_grace_seconds}})

@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.calls import Role
+from server.rate_limits import parse_limits
 
 
 class Settings(BaseSettings):
@@ -60,6 +63,89 @@ class Settings(BaseSettings):
         description="Records waiting for the audit store before calls are refused with UNAVAILABLE.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    # Identity
+    api_key_reload_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=5,
+        description="How often each process reloads API keys; a revoked key stops working within this time.",
+    )
+    anonymous_demo: bool = Field(
+        default=False,
+        description="Let callers without credentials in with the demo role, limited per client IP (a public demo).",
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer whose tokens are accepted (iss claim).")
+    oidc_audience: str | None = Field(default=None, description="The aud claim OIDC tokens must carry.")
+    oidc_jwks_url: str | None = Field(default=None, description="Where the issuer publishes its signing keys (JWKS).")
+    oidc_role_claim: str = Field(
+        default="triage_role", description="Token claim holding the role (a string or a list of strings)."
+    )
+    oidc_clock_skew_seconds: float = Field(default=60.0, ge=0, le=300, description="Leeway on exp, nbf and iat.")
+
+    # Rate limits, as the `limits` library writes them; a key may carry its own.
+    rate_limit_demo: str = Field(default="20/day", description="Default limit of the demo role (and anonymous IPs).")
+    rate_limit_clinician: str = Field(default="120/minute", description="Default limit of the clinician role.")
+    rate_limit_service: str = Field(default="100/second", description="Default limit of the service role.")
+    rate_limit_admin: str = Field(default="10/second", description="Default limit of the admin role.")
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db to share rate-limit counts between processes; unset: in-process counts.",
+    )
+
+    # Deadlines
+    classify_default_deadline_seconds: float = Field(
+        default=2.0, gt=0, description="Deadline of a Classify call that sets none."
+    )
+    explain_default_deadline_seconds: float = Field(
+        default=30.0, gt=0, description="Deadline of an Explain call that sets none."
+    )
+    default_deadline_seconds: float = Field(
+        default=10.0, gt=0, description="Deadline of any other call that sets none."
+    )
+    max_deadline_seconds: float = Field(default=60.0, gt=0, description="No call runs longer than this.")
+    min_deadline_seconds: float = Field(
+        default=0.01, ge=0, description="Calls arriving with less time left are refused with DEADLINE_EXCEEDED."
+    )
+
+    # Observability
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port; unset: no metrics endpoint."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint.")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/gRPC collector (http://host:4317) to export traces to; unset: no tracing."
+    )
+
+    # Transport
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain; with tls_key, serve TLS only.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle; when set, callers must present a certificate it signed (mTLS)."
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Requests larger than this are refused before they are parsed."
+    )
+
+    @field_validator("rate_limit_demo", "rate_limit_clinician", "rate_limit_service", "rate_limit_admin")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse_limits(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set TRIAGE_TLS_CERT and TRIAGE_TLS_KEY together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("TRIAGE_TLS_CLIENT_CA (mutual TLS) needs TRIAGE_TLS_CERT and TRIAGE_TLS_KEY")
+        oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url)
+        if any(oidc) and not all(oidc):
+            raise ValueError("OIDC needs TRIAGE_OIDC_ISSUER, TRIAGE_OIDC_AUDIENCE and TRIAGE_OIDC_JWKS_URL together")
+        return self
+
+    def role_rate_limits(self) -> dict[Role, str]:
+        return {role: getattr(self, f"rate_limit_{role.value}") for role in Role}
 
     @classmethod
     def unknown_variables(cls, environ: Mapping[str, str] = os.environ) -> list[str]:

@@ -16,10 +16,13 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from multiprocessing.connection import wait
+from pathlib import Path
 from types import FrameType
 
+from server import metrics
 from server.app import serve
 from server.config import Settings
 from server.logs import configure_logging
@@ -59,8 +62,16 @@ def run(settings: Settings) -> int:
     # Create the secret once, before the workers race for it.
     load_server_secret(settings)
     context = multiprocessing.get_context("spawn")
-    with reserved_port(settings.host, settings.port) as port:
-        shared = settings.model_copy(update={"port": port, "workers": 1})
+    with (
+        reserved_port(settings.host, settings.port) as port,
+        tempfile.TemporaryDirectory(prefix="triage-metrics-") as metrics_directory,
+    ):
+        if settings.metrics_port is not None:
+            # Workers write their samples to files; this process serves the sum.
+            metrics.prepare_multiprocess(Path(metrics_directory))
+            metrics_port = metrics.serve_metrics(settings.metrics_host, settings.metrics_port)
+            log.info("metrics serving", extra={"fields": {"host": settings.metrics_host, "port": metrics_port}})
+        shared = settings.model_copy(update={"port": port, "workers": 1, "metrics_port": None})
         workers = [context.Process(target=_worker, args=(shared,), name=f"worker-{i}") for i in range(count)]
         stopping = False
         unexpected = False
@@ -90,6 +101,8 @@ def run(settings: Settings) -> int:
                 unexpected = True
         for worker in workers:
             worker.join()
+            if worker.pid is not None:
+                metrics.worker_exited(worker.pid)
     codes = [w.exitcode for w in workers]
     log.info("workers stopped", extra={"fields": {"exit_codes": codes}})
     return 0 if all(code == 0 for code in codes) and not unexpected else 1

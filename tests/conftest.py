@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.app import TriageServer
+from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
+from server.identity.api_keys import issue_key
+from server.secret import load_server_secret
+from server.store.api_keys import ApiKeyStore
+from server.store.database import open_database
+from tests.redis_server import RedisServer, redis_available
 from triage_client import AsyncTriageClient
 
 
@@ -26,6 +34,10 @@ def settings(tmp_path: Path) -> Settings:
         database_url=f"sqlite:///{tmp_path / 'triage.db'}",
         secret_key="test-secret",  # type: ignore[arg-type]
         shutdown_grace_seconds=2.0,
+        # Generous limits: tests of the limits set their own on a key.
+        rate_limit_clinician="10000/second",
+        rate_limit_service="10000/second",
+        rate_limit_admin="10000/second",
     )
 
 
@@ -38,6 +50,30 @@ async def server(settings: Settings) -> AsyncIterator[TriageServer]:
 
 
 @pytest.fixture
-async def client(server: TriageServer) -> AsyncIterator[AsyncTriageClient]:
-    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+async def keys(server: TriageServer) -> dict[Role, str]:
+    """A key per role, made directly in the server's database as `triage-server keys create` does."""
+    return {role: await issue_test_key(server, role) for role in Role}
+
+
+async def issue_test_key(server: TriageServer, role: Role, **options: Any) -> str:
+    store = ApiKeyStore(open_database(server.settings.database_url))
+    secret = load_server_secret(server.settings)
+    issued = await asyncio.to_thread(issue_key, store, secret, name=f"test-{role.value}", role=role, **options)
+    return issued.secret
+
+
+@pytest.fixture
+async def client(server: TriageServer, keys: dict[Role, str]) -> AsyncIterator[AsyncTriageClient]:
+    """A client with the admin role, which may call everything."""
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=keys[Role.ADMIN]) as client:
         yield client
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real redis-server of the test's own."""
+    redis_available()
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

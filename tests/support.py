@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from triage.v1 import case_pb2
@@ -49,3 +50,10 @@ def case_kwargs(entry: Mapping[str, Any]) -> dict[str, Any]:
     if "risks" in entry:
         kwargs["risks"] = tuple(entry["risks"])
     return kwargs
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_seconds: float) -> None:
+    """Waits until `check` is true; fails after `within_seconds`. For state another process changes."""
+    async with asyncio.timeout(within_seconds):
+        while not await check():  # noqa: ASYNC110 - the state is in another process; there is no event
+            await asyncio.sleep(0.05)

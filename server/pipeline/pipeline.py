@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+
+from server.calls import current_call
 from server.esi.engine import CaseFacts, DangerZonePolicy, RulesEngine
 from server.pipeline.model import (
     STEP_DANGER_ZONE_VITALS,
     STEP_HIGH_RISK,
+    STEP_LETTERS,
     STEP_LIFE_SAVING,
     STEP_RESOURCES,
     STEP_REVIEW,
@@ -25,6 +29,8 @@ from server.pipeline.model import (
     StepResult,
     TriageResult,
 )
+
+_tracer = trace.get_tracer("triage.pipeline")
 
 DECISION_POINTS: tuple[Step, ...] = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS)
 
@@ -91,9 +97,16 @@ class Pipeline:
         self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
 
     async def steps(self, case: Case) -> AsyncIterator[StepResult]:
-        """Yields each step's result as it completes; the review comes last."""
+        """Yields each step's result as it completes; the review comes last.
+
+        Between steps it checks the call's deadline, so a call out of time
+        stops rather than running every step to no one.
+        """
+        call = current_call()
         run = TriageRun(case, self.engine.read(case), self.danger_zone_policy)
         for step in DECISION_POINTS:
+            if call is not None:
+                call.check_deadline()
             result = await self._answer(step, run)
             yield result
             if result.level is not None:
@@ -121,9 +134,14 @@ class Pipeline:
 
     async def _answer(self, step: Step, run: TriageRun) -> StepResult:
         backend = self._backends[step]
-        started = time.perf_counter()
-        result = await backend.answer(step, run)
-        result.elapsed_seconds = time.perf_counter() - started
+        with _tracer.start_as_current_span(
+            f"step {STEP_LETTERS[step]}", attributes={"triage.backend": backend.name}
+        ) as span:
+            started = time.perf_counter()
+            result = await backend.answer(step, run)
+            result.elapsed_seconds = time.perf_counter() - started
+            if result.level is not None:
+                span.set_attribute("triage.esi_level", result.level)
         result.backend = backend.name
         run.results.append(result)
         return result

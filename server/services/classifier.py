@@ -11,6 +11,7 @@ import hmac
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
+from server.calls import current_call
 from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
 from server.pipeline.model import Case, StepResult
@@ -51,6 +52,8 @@ class Classifier:
         classification_id = new_id(int(classified_at.timestamp() * 1000))
         digest = hmac.new(self._secret, message.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
         cost = result.cost
+        call = current_call()
+        principal = call.principal if call is not None else None
         await self._audit.record(
             {
                 "classification_id": classification_id,
@@ -63,14 +66,16 @@ class Classifier:
                 "input_hmac_sha256": digest,
                 "confidence": result.confidence,
                 "case_ref": message.case_ref,
-                "key_id": "",
-                "request_id": "",
+                "key_id": principal.key_id or principal.subject if principal is not None else "",
+                "request_id": call.request_id if call is not None else "",
                 "cost_usd_micros": cost.usd_micros,
                 "input_tokens": cost.input_tokens,
                 "output_tokens": cost.output_tokens,
                 "cache_hit": False,
             }
         )
+        if call is not None:
+            call.esi_level = result.esi_level
         fill_classification(
             into, result, classification_id=classification_id, classified_at=classified_at, case_ref=message.case_ref
         )

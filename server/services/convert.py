@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from server.calls import Role
 from server.pipeline.model import Cost, Finding, StepResult, TriageResult
-from server.store.models import AuditEvent
+from server.store.models import ApiKeyRecord, AuditEvent
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 
@@ -98,3 +99,29 @@ def audit_event_message(event: AuditEvent) -> admin_service_pb2.AuditEvent:
         cache_hit=event.cache_hit,
         confidence=event.confidence,
     )
+
+
+def role_message(role: Role) -> admin_service_pb2.Role.ValueType:
+    return admin_service_pb2.Role.Value(f"ROLE_{role.value.upper()}")
+
+
+def role_from_message(value: admin_service_pb2.Role.ValueType) -> Role | None:
+    """The role, or None for ROLE_UNSPECIFIED and values this server does not know."""
+    name = admin_service_pb2.Role.Name(value) if value in admin_service_pb2.Role.values() else ""
+    return Role(name.removeprefix("ROLE_").lower()) if name and value else None
+
+
+def api_key_message(record: ApiKeyRecord) -> admin_service_pb2.ApiKey:
+    message = admin_service_pb2.ApiKey(
+        key_id=record.key_id,
+        name=record.name,
+        role=role_message(Role(record.role)),
+        rate_limit=record.rate_limit,
+        monthly_budget_usd_micros=record.monthly_budget_usd_micros,
+        created_at=timestamp(record.created_at),
+    )
+    if record.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(record.expires_at))
+    if record.revoked_at is not None:
+        message.revoked_at.CopyFrom(timestamp(record.revoked_at))
+    return message

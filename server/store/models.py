@@ -35,3 +35,22 @@ class AuditEvent(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_hit: bool = False
+
+
+class ApiKeyRecord(SQLModel, table=True):
+    """An API key. The secret itself is never stored: only its keyed hash."""
+
+    __tablename__ = "api_keys"
+
+    key_id: str = Field(primary_key=True, max_length=26)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    # HMAC-SHA256 of the whole key under the server secret, hex.
+    secret_hmac_sha256: str = Field(max_length=64)
+    # Limits such as "10/second;1000/hour"; empty: the role's default.
+    rate_limit: str = Field(default="", max_length=200)
+    # 0: no budget of its own (the global budget still applies).
+    monthly_budget_usd_micros: int = 0
+    created_at: datetime = Field(sa_type=DateTime(timezone=True))
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

@@ -24,13 +24,29 @@ class ServerProcess:
             self.log.append(json.loads(line))
 
 
-async def start_server(directory: Path, **env: str) -> ServerProcess:
-    """Starts the server in `directory` on a free port and waits until it serves."""
-    environment = os.environ | {
+def server_environment(directory: Path) -> dict[str, str]:
+    """The environment of a server kept in `directory` (and of `triage-server keys` for it)."""
+    return os.environ | {
         "TRIAGE_PORT": "0",
         "TRIAGE_DATABASE_URL": f"sqlite:///{directory / 'triage.db'}",
         "TRIAGE_SECRET_KEY": "e2e-secret",
     }
+
+
+async def create_key(directory: Path, role: str = "admin", *options: str) -> str:
+    """Runs `triage-server keys create` for the server in `directory`; returns the secret (its last line)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "keys", "create", "--name", f"e2e-{role}", "--role", role, *options,
+        cwd=directory, env=server_environment(directory), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode().splitlines()[-1]
+
+
+async def start_server(directory: Path, **env: str) -> ServerProcess:
+    """Starts the server in `directory` on a free port and waits until it serves."""
+    environment = server_environment(directory)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.app import TriageServer
+from server.calls import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAGE = str(Path(sys.executable).with_name("triage"))
@@ -25,7 +26,7 @@ async def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) ->
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=os.environ | {"TRIAGE_API_KEY": ""} | (env or {}),
+        env=os.environ | (env or {}),
     )
     out, err = await process.communicate(stdin.encode())
     assert process.returncode is not None
@@ -33,7 +34,9 @@ async def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) ->
 
 
 @pytest.fixture
-def target(server: TriageServer) -> str:
+def target(server: TriageServer, keys: dict[Role, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's address; `triage` finds its (admin) key in TRIAGE_API_KEY, as users set it."""
+    monkeypatch.setenv("TRIAGE_API_KEY", keys[Role.ADMIN])
     return f"127.0.0.1:{server.port}"
 
 

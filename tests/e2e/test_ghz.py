@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from server.app import TriageServer
+from server.calls import Role
 
 CASE = {"case": {"age": {"years": 67}, "chief_complaint": "CP, SOB", "vitals": {"heart_rate_bpm": 104}}}
 
@@ -26,9 +27,13 @@ def ghz() -> str:
 
 
 @pytest.mark.parametrize("call", ["triage.v1.ClassifyService/Classify", "triage.v1.ExplainService/Explain"])
-async def test_a_short_ghz_run_over_reflection(server: TriageServer, ghz: str, call: str) -> None:
+async def test_a_short_ghz_run_over_reflection(
+    server: TriageServer, keys: dict[Role, str], ghz: str, call: str
+) -> None:
+    metadata = json.dumps({"authorization": f"Bearer {keys[Role.SERVICE]}"})
     process = await asyncio.create_subprocess_exec(
-        ghz, "--insecure", "--call", call, "--data", json.dumps(CASE), "--total", "300", "--concurrency", "10",
+        ghz, "--insecure", "--call", call, "--data", json.dumps(CASE), "--metadata", metadata,
+        "--total", "300", "--concurrency", "10",
         "--format", "json", f"127.0.0.1:{server.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

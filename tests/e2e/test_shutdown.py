@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.e2e.processes import start_server
+from tests.e2e.processes import create_key, start_server
 from tests.support import make_case
 from triage.v1 import classification_pb2
 from triage_client import AsyncTriageClient, InvalidArgument
@@ -27,9 +27,10 @@ async def _next_status(
 
 
 async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) -> None:
+    key = await create_key(tmp_path, "clinician")
     server = await start_server(tmp_path, TRIAGE_SHUTDOWN_GRACE_SECONDS="10")
     target = f"127.0.0.1:{server.port}"
-    async with AsyncTriageClient(target, api_key="") as client, grpc.aio.insecure_channel(target) as channel:
+    async with AsyncTriageClient(target, api_key=key) as client, grpc.aio.insecure_channel(target) as channel:
         await client.classify(make_case("cough", "30y"))  # creates the database
         # The health stubs' types omit HealthStub's methods; bind Watch directly.
         watch_method: grpc.aio.UnaryStreamMultiCallable[
@@ -61,7 +62,9 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
     async with asyncio.timeout(15):
         await server.read_log()
         assert await server.process.wait() == 0
-    assert [e["event"] for e in server.log][-2:] == ["shutting down", "stopped"]
+    # The drained call's access-log line comes before the server reports it stopped.
+    lifecycle = [e["event"] for e in server.log if e["event"] != "call"]
+    assert lifecycle[-2:] == ["shutting down", "stopped"]
 
 
 async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
@@ -86,8 +89,9 @@ async def test_unknown_settings_variables_are_reported(tmp_path: Path) -> None:
 
 
 async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
+    key = await create_key(tmp_path, "service")
     server = await start_server(tmp_path, TRIAGE_WORKERS="2")
-    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
         levels = {(await client.classify(make_case("CP", "67y"))).esi_level for _ in range(20)}
     assert levels == {classification_pb2.ESI_LEVEL_2}
 
@@ -103,8 +107,9 @@ async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) ->
 
 async def test_patient_content_never_reaches_the_log(tmp_path: Path) -> None:
     marker = "zq-marker-4417"
+    key = await create_key(tmp_path, "clinician")
     server = await start_server(tmp_path, TRIAGE_LOG_LEVEL="DEBUG")
-    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
         await client.classify(make_case(f"chest pain {marker}", "60y", history=f"note {marker}"))
         explained = [e async for e in client.explain(make_case(f"{marker} vomiting", "3y"))]
         assert explained

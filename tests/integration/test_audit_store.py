@@ -163,13 +163,16 @@ async def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 @pytest.mark.postgres
 async def test_the_server_audits_to_postgresql(postgres_url: str, settings: Any) -> None:
     from server.app import TriageServer
+    from server.calls import Role
+    from tests.conftest import issue_test_key
     from tests.support import make_case
     from triage_client import AsyncTriageClient
 
     server = TriageServer(settings.model_copy(update={"database_url": postgres_url}))
     await server.start()
     try:
-        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key="") as client:
+        key = await issue_test_key(server, Role.ADMIN)
+        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
             classification = await client.classify(make_case("SOB", "70y", vitals={"spo2_percent": 85}))
             events = [e async for e in client.iter_audit_events()]
     finally:

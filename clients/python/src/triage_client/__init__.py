@@ -23,7 +23,7 @@ from triage.v1.classification_pb2 import (
     Warning,
 )
 from triage.v1.explain_service_pb2 import ExplainResponse, StepEvent
-from triage_client.client import AsyncTriageClient, Deadlines, ServingStatus, TriageClient
+from triage_client.client import AsyncTriageClient, Deadlines, ServingStatus, TriageClient, tls_credentials
 from triage_client.errors import (
     Aborted,
     AlreadyExists,
@@ -85,4 +85,5 @@ __all__ = [
     "Vitals",
     "Warning",
     "from_rpc_error",
+    "tls_credentials",
 ]

@@ -16,7 +16,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +25,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 from triage.v1 import admin_service_pb2, case_pb2, classification_pb2, explain_service_pb2
-from triage_client.client import Deadlines, ServingStatus, TriageClient
+from triage_client.client import ServingStatus, TriageClient, tls_credentials
 from triage_client.errors import InvalidArgument, TriageError
 
 _AGE = re.compile(r"^(\d+)\s*(y|yr|yrs|years?|m|mo|mos|months?|d|days?)?$", re.IGNORECASE)
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="API key (default $TRIAGE_API_KEY)")
     parser.add_argument("--timeout", type=float, help="deadline of the call in seconds")
     parser.add_argument("--output", choices=("text", "json"), default="text", help="output format")
+    tls = parser.add_argument_group("TLS (plaintext unless one of these is given)")
+    tls.add_argument("--tls", action="store_true", help="use TLS, trusting the system's root certificates")
+    tls.add_argument("--tls-ca", metavar="PEM", help="use TLS, trusting this CA bundle")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate, for mutual TLS (with --tls-key)")
+    tls.add_argument("--tls-key", metavar="PEM", help="client private key, for mutual TLS")
     commands = parser.add_subparsers(dest="command", required=True)
 
     for name, help_text in (
@@ -105,7 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", type=datetime.fromisoformat, help="start time (ISO 8601, inclusive)")
     audit.add_argument("--until", type=datetime.fromisoformat, help="end time (ISO 8601, exclusive)")
     audit.add_argument("--limit", type=int, default=100, help="most events to print (0: all)")
+    keys = admin_commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; its secret is printed once, on the last line")
+    create.add_argument("--name", required=True, help="who or what uses the key, such as 'epic-prod'")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--rate-limit", default="", help="its own limit, such as 10/second;1000/hour")
+    create.add_argument("--expires-in", type=_duration, help="lifetime such as 90d, 12h or 30m")
+    key_commands.add_parser("list", help="list keys (never their secrets)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
     return parser
+
+
+ROLES = ("demo", "clinician", "service", "admin")
+
+
+def _duration(text: str) -> timedelta:
+    match = re.fullmatch(r"(\d+)([dhms])", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90d, 12h, 30m or 45s")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match[2]]
+    return timedelta(**{unit: int(match[1])})
 
 
 def _add_case_arguments(command: argparse.ArgumentParser) -> None:
@@ -206,7 +232,10 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: T
     args = parser.parse_args(argv)
     as_json = args.output == "json"
     try:
-        with TriageClient(args.target, api_key=args.api_key, deadlines=Deadlines()) as client:
+        credentials = None
+        if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        with TriageClient(args.target, api_key=args.api_key, credentials=credentials) as client:
             if args.command in ("classify", "explain"):
                 return _classify_or_explain(client, args, stdin, stdout, parser, as_json)
             if args.command == "health":
@@ -214,6 +243,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: T
                 name = ServingStatus.Name(status)
                 print(json.dumps({"status": name}) if as_json else name, file=stdout)
                 return 0 if status == ServingStatus.Value("SERVING") else 1
+            if args.admin_command == "keys":
+                return _manage_keys(client, args, stdout, as_json)
             events = client.iter_audit_events(start_time=args.since, end_time=args.until)
             for shown, event in enumerate(events, start=1):
                 print(_json(event) if as_json else _format_audit(event), file=stdout)
@@ -223,8 +254,43 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: T
     except TriageError as error:
         _print_error(error)
         return 1
-    except (OSError, json_format.ParseError) as error:
+    except (OSError, ValueError, json_format.ParseError) as error:
         parser.exit(2, f"triage: error: {error}\n")
+
+
+def _manage_keys(client: TriageClient, args: argparse.Namespace, stdout: TextIO, as_json: bool) -> int:
+    if args.keys_command == "create":
+        request = admin_service_pb2.CreateApiKeyRequest(
+            name=args.name, role=admin_service_pb2.Role.Value(f"ROLE_{args.role.upper()}"), rate_limit=args.rate_limit
+        )
+        if args.expires_in is not None:
+            request.expires_in.FromTimedelta(args.expires_in)
+        created = client.create_api_key(request, timeout=args.timeout)
+        if as_json:
+            print(_json(created), file=stdout)
+        else:
+            print(f"created {_format_key(created.api_key)}", file=stdout)
+            print("the secret follows; store it now, it is not shown again:", file=stdout)
+            print(created.secret, file=stdout)
+        return 0
+    if args.keys_command == "list":
+        for key in client.iter_api_keys(timeout=args.timeout):
+            print(_json(key) if as_json else _format_key(key), file=stdout)
+        return 0
+    revoked = client.revoke_api_key(admin_service_pb2.RevokeApiKeyRequest(key_id=args.key_id), timeout=args.timeout)
+    print(_json(revoked.api_key) if as_json else f"revoked {_format_key(revoked.api_key)}", file=stdout)
+    return 0
+
+
+def _format_key(key: admin_service_pb2.ApiKey) -> str:
+    parts = [key.key_id, f"name={key.name}", f"role={admin_service_pb2.Role.Name(key.role)[5:].lower()}"]
+    parts.append(f"rate_limit={key.rate_limit or 'role default'}")
+    parts.append(f"created={key.created_at.ToJsonString()}")
+    if key.HasField("expires_at"):
+        parts.append(f"expires={key.expires_at.ToJsonString()}")
+    if key.HasField("revoked_at"):
+        parts.append(f"revoked={key.revoked_at.ToJsonString()}")
+    return " ".join(parts)
 
 
 def _classify_or_explain(

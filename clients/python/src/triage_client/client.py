@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -86,6 +87,21 @@ def _settings(target: str | None, api_key: str | None) -> tuple[str, tuple[tuple
     return target, metadata
 
 
+def tls_credentials(
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS to the server: trust `ca_file` (default: the system's roots); with cert and key, mutual TLS."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("give cert_file and key_file together, for mutual TLS")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+        private_key=Path(key_file).read_bytes() if key_file else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
+    )
+
+
 def audit_request(
     *,
     page_size: int = 0,
@@ -125,12 +141,22 @@ class TriageClient:
         *,
         api_key: str | None = None,
         deadlines: Deadlines = Deadlines(),
+        credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY."""
+        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY.
+
+        Plaintext unless `credentials` are given (see `tls_credentials`).
+        """
         self.target, self._metadata = _settings(target, api_key)
         self.deadlines = deadlines
-        self._channel = channel or grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if channel is None:
+            channel = (
+                grpc.secure_channel(self.target, credentials, options=CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            )
+        self._channel = channel
         self._classify = classify_service_pb2_grpc.ClassifyServiceStub(self._channel)
         self._explain = explain_service_pb2_grpc.ExplainServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
@@ -214,6 +240,16 @@ class TriageClient:
             if not token:
                 return
 
+    def iter_api_keys(self, *, page_size: int = 0, timeout: float | None = None) -> Iterator[admin_service_pb2.ApiKey]:
+        """Every API key (never a secret), fetching page after page."""
+        request = admin_service_pb2.ListApiKeysRequest(page_size=page_size)
+        while True:
+            page = self.list_api_keys(request, timeout=timeout)
+            yield from page.api_keys
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     def get_config(
         self, request: admin_service_pb2.GetConfigRequest | None = None, *, timeout: float | None = None
     ) -> admin_service_pb2.GetConfigResponse:
@@ -275,12 +311,22 @@ class AsyncTriageClient:
         *,
         api_key: str | None = None,
         deadlines: Deadlines = Deadlines(),
+        credentials: grpc.ChannelCredentials | None = None,
         channel: aio.Channel | None = None,
     ) -> None:
-        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY."""
+        """Connects to target (default: $TRIAGE_TARGET, else 127.0.0.1:50051) with $TRIAGE_API_KEY.
+
+        Plaintext unless `credentials` are given (see `tls_credentials`).
+        """
         self.target, self._metadata = _settings(target, api_key)
         self.deadlines = deadlines
-        self._channel = channel or aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if channel is None:
+            channel = (
+                aio.secure_channel(self.target, credentials, options=CHANNEL_OPTIONS)
+                if credentials is not None
+                else aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            )
+        self._channel = channel
         self._classify = classify_service_pb2_grpc.ClassifyServiceStub(self._channel)
         self._explain = explain_service_pb2_grpc.ExplainServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
@@ -369,6 +415,19 @@ class AsyncTriageClient:
             token = page.next_page_token
             if not token:
                 return
+
+    async def iter_api_keys(
+        self, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[admin_service_pb2.ApiKey]:
+        """Every API key (never a secret), fetching page after page."""
+        request = admin_service_pb2.ListApiKeysRequest(page_size=page_size)
+        while True:
+            page = await self.list_api_keys(request, timeout=timeout)
+            for key in page.api_keys:
+                yield key
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     async def get_config(
         self, request: admin_service_pb2.GetConfigRequest | None = None, *, timeout: float | None = None

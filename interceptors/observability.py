@@ -1,0 +1,106 @@
+"""The outermost interceptor: request id, one access-log line, metrics.
+
+It opens the call's CallState, so everything inside can add to it, and
+reports what came out: method, status code, duration, key id, role and ESI
+level. Nothing of the request's content is read, so nothing of it can leak.
+Response metadata gathered by the inner interceptors (request id, rate-limit
+headers) goes out as initial metadata with the first response; on an error
+the error interceptor puts it in the trailers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
+from server import metrics
+from server.calls import CallState, begin_call
+from server.ids import new_id
+
+log = logging.getLogger("triage.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's own request id is kept when it is short and plain; otherwise we mint one.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+# Probes call these every few seconds; their lines would drown the rest.
+_QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class ObservabilityInterceptor(ServerInterceptor):
+    """Request ids, the access log and Prometheus metrics, for every call."""
+
+    async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
+        call = CallState(method=method_name, request_id=_request_id(context), peer=context.peer())
+        call.response_metadata.append((REQUEST_ID_HEADER, call.request_id))
+        begin_call(call)
+        try:
+            response = await call_through(method, request, context)
+        except BaseException as error:
+            self._finish(call, context, error)
+            raise
+        if isinstance(response, AsyncIterator):
+            return self._stream(response, call, context)
+        await context.send_initial_metadata(call.response_metadata)
+        self._finish(call, context, None)
+        return response
+
+    async def _stream(self, responses: AsyncIterator[Any], call: CallState, context: Context) -> AsyncIterator[Any]:
+        first = True
+        try:
+            async for response in responses:
+                if first:
+                    await context.send_initial_metadata(call.response_metadata)
+                    first = False
+                yield response
+        except BaseException as error:
+            self._finish(call, context, error)
+            raise
+        self._finish(call, context, None)
+
+    def _finish(self, call: CallState, context: Context, error: BaseException | None) -> None:
+        code = _status_code(context, error)
+        elapsed = time.monotonic() - call.started
+        metrics.REQUESTS.labels(call.method, code.name).inc()
+        metrics.LATENCY.labels(call.method).observe(elapsed)
+        if call.esi_level is not None and code is grpc.StatusCode.OK:
+            metrics.CLASSIFICATIONS.labels(str(call.esi_level)).inc()
+        principal = call.principal
+        fields: dict[str, object] = {
+            "request_id": call.request_id,
+            "method": call.method,
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "peer": call.peer,
+            "key_id": principal.key_id if principal else "",
+            "role": principal.role.value if principal and principal.role else "",
+        }
+        if call.esi_level is not None:
+            fields["esi_level"] = call.esi_level
+        quiet = call.method.startswith(_QUIET_PREFIXES) and code is grpc.StatusCode.OK
+        log.log(logging.DEBUG if quiet else logging.INFO, "call", extra={"fields": fields})
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.match(value):
+            return value
+    return new_id()
+
+
+def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, aio.AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,166 @@
+"""API keys: their format, their issue, and checking a presented key.
+
+A key reads `tri_<key id>_<secret>`: the prefix lets secret scanners find
+leaked keys, the key id (a ULID) finds the record without revealing anything,
+and the secret is 256 random bits. The database holds only an HMAC-SHA256 of
+the whole key under the server secret, compared in constant time, so a copy
+of the database does not let anyone call the service.
+
+Each process keeps the keys in memory and reloads them every few seconds, so
+a key revoked anywhere stops working everywhere within the reload interval,
+and no call waits for the database unless it presents a key id not seen yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.rpc import error_details_pb2
+
+from server.calls import Principal, Role
+from server.errors import field_violation
+from server.ids import new_id
+from server.rate_limits import parse_limits
+from server.store.api_keys import ApiKeyStore
+from server.store.models import ApiKeyRecord
+
+log = logging.getLogger("triage.keys")
+
+KEY_PREFIX = "tri_"
+MAX_KEY_NAME_CHARACTERS = 200
+_KEY = re.compile(r"^tri_([0-9A-HJKMNP-TV-Z]{26})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A new key: its record, and the secret, shown once and never again."""
+
+    record: ApiKeyRecord
+    secret: str
+
+
+def issue_key(
+    store: ApiKeyStore,
+    server_secret: bytes,
+    *,
+    name: str,
+    role: Role,
+    rate_limit: str = "",
+    expires_in: timedelta | None = None,
+    monthly_budget_usd_micros: int = 0,
+) -> IssuedKey:
+    """Creates a key in the store (synchronously) and returns it with its secret."""
+    now = datetime.now(UTC)
+    key_id = new_id()
+    secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    record = ApiKeyRecord(
+        key_id=key_id,
+        name=name,
+        role=role.value,
+        secret_hmac_sha256=_digest(server_secret, secret),
+        rate_limit=rate_limit,
+        monthly_budget_usd_micros=monthly_budget_usd_micros,
+        created_at=now,
+        expires_at=now + expires_in if expires_in is not None else None,
+    )
+    return IssuedKey(store.add(record), secret)
+
+
+def looks_like_key(token: str) -> bool:
+    return token.startswith(KEY_PREFIX)
+
+
+def _digest(server_secret: bytes, key: str) -> str:
+    return hmac.new(server_secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+class ApiKeyAuthenticator:
+    """Turns a presented key into a Principal, or None for any fault at all."""
+
+    def __init__(self, store: ApiKeyStore, server_secret: bytes, *, reload_seconds: float) -> None:
+        self._store = store
+        self._secret = server_secret
+        self._reload_seconds = reload_seconds
+        self._keys: dict[str, ApiKeyRecord | None] = {}
+        self._reloader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.reload()
+        self._reloader = asyncio.create_task(self._reload_forever())
+
+    async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+
+    async def reload(self) -> None:
+        records = await asyncio.to_thread(self._store.all)
+        # Unknown ids cached as None are dropped here, so a key made elsewhere is found.
+        self._keys = {r.key_id: r for r in records}
+
+    def remember(self, record: ApiKeyRecord) -> None:
+        """Applies a change made by this process at once, before the next reload."""
+        self._keys[record.key_id] = record
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reload_seconds)
+            try:
+                await self.reload()
+            except Exception as error:  # noqa: BLE001 - keep the last good keys and try again
+                log.warning("could not reload API keys", extra={"fields": {"error_type": type(error).__name__}})
+
+    async def authenticate(self, key: str) -> Principal | None:
+        match = _KEY.match(key)
+        if match is None:
+            return None
+        key_id = match[1]
+        if key_id not in self._keys:
+            # Possibly created by another process since the last reload.
+            self._keys[key_id] = await asyncio.to_thread(self._store.get, key_id)
+        record = self._keys[key_id]
+        expected = record.secret_hmac_sha256 if record is not None else "0" * 64
+        # The digest is computed and compared whether or not the id exists: one path, one timing.
+        matches = hmac.compare_digest(_digest(self._secret, key), expected)
+        if record is None or not matches or not _usable(record, datetime.now(UTC)):
+            return None
+        return Principal(
+            subject=f"key:{record.key_id}", role=Role(record.role), key_id=record.key_id, rate_limit=record.rate_limit
+        )
+
+
+def _usable(record: ApiKeyRecord, now: datetime) -> bool:
+    if record.revoked_at is not None and record.revoked_at <= now:
+        return False
+    return record.expires_at is None or now < record.expires_at
+
+
+def key_violations(
+    name: str, role: Role | None, rate_limit: str, expires_in: timedelta | None, budget_usd_micros: int
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """What is wrong with a new key's settings; shared by the RPC and `triage-server keys create`."""
+    violations = []
+    if not name.strip() or len(name) > MAX_KEY_NAME_CHARACTERS:
+        violations.append(
+            field_violation("name", f"is required, at most {MAX_KEY_NAME_CHARACTERS} characters", "INVALID_NAME")
+        )
+    if role is None:
+        violations.append(field_violation("role", "must be one of demo, clinician, service, admin", "REQUIRED"))
+    if rate_limit:
+        try:
+            parse_limits(rate_limit)
+        except ValueError:
+            violations.append(
+                field_violation("rate_limit", "must read like 20/day or 10/second;1000/hour", "INVALID_RATE_LIMIT")
+            )
+    if expires_in is not None and expires_in <= timedelta(0):
+        violations.append(field_violation("expires_in", "must be positive", "OUT_OF_RANGE"))
+    if budget_usd_micros < 0:
+        violations.append(field_violation("monthly_budget_usd_micros", "must not be negative", "OUT_OF_RANGE"))
+    return violations

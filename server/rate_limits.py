@@ -1,0 +1,143 @@
+"""Rate limits per caller, counted by the `limits` library in memory or in Redis.
+
+Limits are written as `limits` parses them ("20/day", "10/second;1000/hour").
+A call is counted against every limit of its caller in turn and refused at
+the first one that is spent. The moving-window strategy makes the count
+exact: in memory it runs under a lock per key, in Redis as one Lua script, so
+several server processes sharing Redis share one exact count.
+
+If Redis cannot be reached the service keeps answering: counting falls back
+to this process's memory (each process then allows the full limit, so the
+total is looser), the change is logged and reported through `on_degraded`,
+and Redis is probed until it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis.asyncio
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+
+log = logging.getLogger("triage.rate_limits")
+
+# A Redis that stalls must not stall calls: give up quickly and count locally.
+_REDIS_TIMEOUT_SECONDS = 0.25
+_PROBE_INTERVAL_SECONDS = 2.0
+
+
+@lru_cache(maxsize=1024)
+def parse_limits(text: str) -> tuple[RateLimitItem, ...]:
+    """The limits in `text`; ValueError with the reason when it does not parse."""
+    items = tuple(parse_many(text))
+    if not items:
+        raise ValueError(f"{text!r} names no limit; write it like 20/day or 10/second;1000/hour")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of counting one call, and what to tell the caller about the tightest limit."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    # The limit as written ("20 per 1 day"), for the refusal's QuotaFailure.
+    description: str
+
+
+class RateLimiter:
+    """Counts calls per subject against their limits, in Redis when configured."""
+
+    def __init__(self, redis_url: str | None, on_degraded: Callable[[bool], None] = lambda _: None) -> None:
+        self._memory = MovingWindowRateLimiter(MemoryStorage())
+        self._shared: MovingWindowRateLimiter | None = None
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        if redis_url:
+            # Our own pool, so that close() can release its connections.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS, socket_connect_timeout=_REDIS_TIMEOUT_SECONDS
+            )
+            storage = RedisStorage(
+                _async_url(redis_url),
+                implementation="redispy",
+                wrap_exceptions=True,
+                connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis
+            )
+            self._shared = MovingWindowRateLimiter(storage)
+        self._on_degraded = on_degraded
+        self.degraded = False
+        self._probe: asyncio.Task[None] | None = None
+
+    async def hit(self, subject: str, limits_text: str) -> Decision:
+        """Counts one call for `subject`; the decision says whether it may proceed."""
+        limiter = self._memory if self.degraded or self._shared is None else self._shared
+        try:
+            return await self._hit(limiter, subject, parse_limits(limits_text))
+        except StorageError as error:
+            self._degrade(error)
+            return await self._hit(self._memory, subject, parse_limits(limits_text))
+
+    async def _hit(self, limiter: MovingWindowRateLimiter, subject: str, items: tuple[RateLimitItem, ...]) -> Decision:
+        tightest: Decision | None = None
+        for item in items:
+            allowed = await limiter.hit(item, subject)
+            stats = await limiter.get_window_stats(item, subject)
+            decision = Decision(
+                allowed=allowed,
+                limit=item.amount,
+                remaining=max(stats.remaining, 0),
+                reset_seconds=max(math.ceil(stats.reset_time - time.time()), 0),
+                description=str(item),
+            )
+            if not allowed:
+                return decision
+            if tightest is None or decision.remaining < tightest.remaining:
+                tightest = decision
+        assert tightest is not None  # parse_limits never returns an empty tuple
+        return tightest
+
+    def _degrade(self, error: Exception) -> None:
+        if self.degraded:
+            return
+        self.degraded = True
+        log.error(
+            "rate-limit storage unreachable; counting in this process until it returns",
+            extra={"fields": {"error_type": type(error.__cause__ or error).__name__}},
+        )
+        self._on_degraded(True)
+        self._probe = asyncio.create_task(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        assert self._shared is not None
+        while True:
+            await asyncio.sleep(_PROBE_INTERVAL_SECONDS)
+            try:
+                if await self._shared.storage.check():
+                    break
+            except Exception:  # noqa: BLE001 - still away; keep probing
+                continue
+        self.degraded = False
+        log.warning("rate-limit storage reachable again; counting there")
+        self._on_degraded(False)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._pool is not None:
+            await self._pool.aclose()
+
+
+def _async_url(url: str) -> str:
+    """limits wants its asyncio Redis URLs spelled async+redis://."""
+    return url if url.startswith("async+") else f"async+{url}"
