@@ -93,6 +93,7 @@ class TriageServer:
         self._api_keys: ApiKeyAuthenticator | None = None
         self._limiter: RateLimiter | None = None
         self._tracer_provider: TracerProvider | None = None
+        self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
@@ -108,7 +109,11 @@ class TriageServer:
         )
         self._audit = audit
         rules = await asyncio.to_thread(RulesEngine)
-        pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy)
+        tracer = None
+        if settings.otlp_endpoint:
+            self._tracer_provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
+            tracer = self._tracer_provider.get_tracer("triage.pipeline")
+        pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy, tracer=tracer)
         classifier = Classifier(pipeline, audit, secret)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
@@ -166,9 +171,8 @@ class TriageServer:
                 clock_skew_seconds=settings.oidc_clock_skew_seconds,
             )
         chain: list[aio.ServerInterceptor] = []
-        if settings.otlp_endpoint:
-            self._tracer_provider, tracing = start_tracing(settings.otlp_endpoint)
-            chain.append(tracing)
+        if self._tracing_interceptor is not None:
+            chain.append(self._tracing_interceptor)
         chain += [
             ObservabilityInterceptor(),
             # Inside observability, so that the access log sees the status it chose.

@@ -22,6 +22,8 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            # Which worker process, when several serve one port.
+            "pid": record.process,
             "event": record.getMessage(),
         }
         fields = getattr(record, "fields", None)

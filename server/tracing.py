@@ -8,7 +8,6 @@ methods, steps, backends, levels and status codes, never patient content.
 from __future__ import annotations
 
 from grpc import aio
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.resources import Resource
@@ -23,6 +22,6 @@ def start_tracing(endpoint: str) -> tuple[TracerProvider, aio.ServerInterceptor]
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     insecure = endpoint.startswith("http://")
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
-    trace.set_tracer_provider(provider)
+    # Not installed globally: each server owns its provider, and shuts it down with itself.
     interceptor: aio.ServerInterceptor = aio_server_interceptor(tracer_provider=provider)  # type: ignore[no-untyped-call]
     return provider, interceptor

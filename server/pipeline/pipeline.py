@@ -30,8 +30,6 @@ from server.pipeline.model import (
     TriageResult,
 )
 
-_tracer = trace.get_tracer("triage.pipeline")
-
 DECISION_POINTS: tuple[Step, ...] = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS)
 
 
@@ -90,8 +88,11 @@ class Pipeline:
         *,
         danger_zone_policy: DangerZonePolicy = "up_triage",
         backends: Mapping[Step, StepBackend] | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.engine = engine
+        # A span per step; the API's no-op tracer unless tracing is configured.
+        self._tracer = tracer or trace.get_tracer("triage.pipeline")
         self.danger_zone_policy: DangerZonePolicy = danger_zone_policy
         rules = RulesBackend(engine)
         self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
@@ -134,7 +135,7 @@ class Pipeline:
 
     async def _answer(self, step: Step, run: TriageRun) -> StepResult:
         backend = self._backends[step]
-        with _tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             f"step {STEP_LETTERS[step]}", attributes={"triage.backend": backend.name}
         ) as span:
             started = time.perf_counter()

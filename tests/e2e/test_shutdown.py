@@ -123,3 +123,7 @@ async def test_patient_content_never_reaches_the_log(tmp_path: Path) -> None:
     log_text = "\n".join(json.dumps(entry) for entry in server.log)
     assert "stopped" in log_text
     assert marker not in log_text
+    # The access log saw every call, and what it says of each is ids, codes and levels.
+    calls = [entry for entry in server.log if entry["event"] == "call"]
+    assert [c["code"] for c in calls] == ["OK", "OK", "INVALID_ARGUMENT"]
+    assert {"request_id", "method", "duration_ms", "key_id", "role", "esi_level"} <= set(calls[0])

@@ -1,0 +1,82 @@
+"""Several server processes: one shared rate-limit count through Redis, one metrics view."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.processes import ServerProcess, create_key, start_server
+from tests.redis_server import RedisServer
+from tests.support import make_case
+from triage_client import AsyncTriageClient, ResourceExhausted
+
+CASE = make_case("ankle injury", "30y")
+
+
+async def _stop(server: ServerProcess) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        await server.read_log()
+        assert await server.process.wait() == 0
+
+
+async def test_two_server_processes_sharing_redis_allow_exactly_the_limit(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    key = await create_key(tmp_path, "service", "--rate-limit", "20/minute")
+    servers = [await start_server(tmp_path, TRIAGE_REDIS_URL=redis_server.url) for _ in range(2)]
+    try:
+        clients = [AsyncTriageClient(f"127.0.0.1:{s.port}", api_key=key) for s in servers]
+        # 100 simultaneous calls, half to each process.
+        outcomes = await asyncio.gather(*(clients[i % 2].classify(CASE) for i in range(100)), return_exceptions=True)
+        for client in clients:
+            await client.close()
+    finally:
+        for server in servers:
+            await _stop(server)
+
+    refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+    assert len(refused) == 80
+    assert sum(1 for o in outcomes if not isinstance(o, BaseException)) == 20
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _classify_count(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "triage_requests_total" and sample.labels.get("code") == "OK"
+        and sample.labels.get("method") == "/triage.v1.ClassifyService/Classify"
+    )  # fmt: skip
+
+
+async def test_metrics_add_up_over_all_worker_processes(tmp_path: Path) -> None:
+    key = await create_key(tmp_path, "service")
+    metrics_port = _free_port()
+    server = await start_server(tmp_path, TRIAGE_WORKERS="2", TRIAGE_METRICS_PORT=str(metrics_port))
+    try:
+        # New connections spread over the workers (SO_REUSEPORT); each client opens its own.
+        for _ in range(20):
+            async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
+                for _ in range(3):
+                    await client.classify(CASE)
+        served = await asyncio.to_thread(_classify_count, metrics_port)
+    finally:
+        await _stop(server)
+
+    assert served == 60
+    # Both workers served some of them, so the sum really spans processes.
+    assert len({entry["pid"] for entry in server.log if entry["event"] == "call"}) == 2
