@@ -84,10 +84,10 @@ def start(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> tupl
     raise RuntimeError(f"{command} did not start:\n{log.read_text()}")
 
 
-def ghz(binary: str, config: str, port: int, total: int, concurrency: int) -> dict[str, Any]:
+def ghz(binary: str, config: str, port: int, total: int, concurrency: int, metadata: str) -> dict[str, Any]:
     completed = subprocess.run(
         [binary, "--config", str(HERE / config), "--total", str(total), "--concurrency", str(concurrency),
-         "--format", "json", f"127.0.0.1:{port}"],
+         "--metadata", metadata, "--format", "json", f"127.0.0.1:{port}"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     report: dict[str, Any] = json.loads(completed.stdout)
@@ -157,29 +157,32 @@ def main() -> int:
                   workdir / f"echo-{i}.log")[0]
             for i in range(args.workers)
         ]  # fmt: skip
-    triage, triage_port = start(
-        [python, "-m", "server", "serve"],
-        env
-        | {
-            "TRIAGE_PORT": "0",
-            "TRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-            "TRIAGE_SECRET_KEY": "bench",
-            "TRIAGE_WORKERS": str(args.workers),
-        },
-        workdir,
-        workdir / "triage.log",
-    )
+    triage_env = env | {
+        "TRIAGE_PORT": "0",
+        "TRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+        "TRIAGE_SECRET_KEY": "bench",
+        "TRIAGE_WORKERS": str(args.workers),
+    }
+    # The whole interceptor chain runs: a service key, with a limit the load never reaches.
+    created = subprocess.run(
+        [python, "-m", "server", "keys", "create", "--name", "bench", "--role", "service",
+         "--rate-limit", "1000000/second"],
+        cwd=workdir, env=triage_env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    # Both servers get the same header, so that both parse the same bytes.
+    metadata = json.dumps({"authorization": f"Bearer {created.stdout.splitlines()[-1]}"})
+    triage, triage_port = start([python, "-m", "server", "serve"], triage_env, workdir, workdir / "triage.log")
     runs: list[Run] = []
     try:
         for port in (echo_port, triage_port):
-            ghz(binary, "classify.json", port, args.warmup, args.concurrency)
+            ghz(binary, "classify.json", port, args.warmup, args.concurrency, metadata)
         # Alternate servers call by call so that drift in the machine affects both.
         for config, call, total in (
             ("classify.json", "Classify", args.classify_total),
             ("explain.json", "Explain", args.explain_total),
         ):
             for name, port in (("echo", echo_port), ("triage", triage_port)):
-                runs.append(figures(name, call, ghz(binary, config, port, total, args.concurrency)))
+                runs.append(figures(name, call, ghz(binary, config, port, total, args.concurrency, metadata)))
         rss_mb, peak_mb = memory_mb(triage.pid)
         served = args.warmup + args.classify_total + args.explain_total
     finally:

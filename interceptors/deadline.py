@@ -3,8 +3,10 @@
 A caller that sets no deadline gets the method's default (Classify 2 s,
 Explain 30 s); no call may run past the configured maximum; a call arriving
 with less than the minimum left is refused before any work. The deadline is
-put on the call state, where the pipeline checks it between steps, and
-enforced here by cancelling the work when it passes.
+put on the call state, where the pipeline checks it between steps. A
+caller's own deadline is enforced by gRPC, which cancels the call when it
+passes; a default or capped deadline, which gRPC does not know, is enforced
+here the same way.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ class DeadlineInterceptor(ServerInterceptor):
                 f"the call arrived with {remaining * 1000:.0f} ms left, under the {self._minimum * 1000:.0f} ms "
                 "this service needs; send a longer deadline"
             )
-        budget = min(self._defaults.get(method_name, self._fallback) if remaining is None else remaining, self._maximum)
-        deadline = time.monotonic() + budget
+        own = self._defaults.get(method_name, self._fallback) if remaining is None else remaining
+        budget = min(own, self._maximum)
         call = current_call()
         if call is not None:
-            call.deadline = deadline
+            call.deadline = time.monotonic() + budget
+        if remaining is not None and remaining <= self._maximum:
+            # The caller's deadline stands, and gRPC enforces it: cancelling the call cancels the work.
+            return await call_through(method, request, context)
         loop_deadline = asyncio.get_running_loop().time() + budget
         try:
             async with asyncio.timeout_at(loop_deadline):

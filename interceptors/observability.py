@@ -4,8 +4,9 @@ It opens the call's CallState, so everything inside can add to it, and
 reports what came out: method, status code, duration, key id, role and ESI
 level. Nothing of the request's content is read, so nothing of it can leak.
 Response metadata gathered by the inner interceptors (request id, rate-limit
-headers) goes out as initial metadata with the first response; on an error
-the error interceptor puts it in the trailers.
+figures) goes out as trailing metadata, on success and (through the error
+interceptor) on error alike: it rides in the frame that carries the status,
+so it costs no extra write, and callers find it in one place.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 class ObservabilityInterceptor(ServerInterceptor):
     """Request ids, the access log and Prometheus metrics, for every call."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Labelled metric children, looked up once per method and code.
+        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._latencies: dict[str, Any] = {}
+
     async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
         call = CallState(method=method_name, request_id=_request_id(context), peer=context.peer())
         call.response_metadata.append((REQUEST_ID_HEADER, call.request_id))
@@ -48,28 +55,31 @@ class ObservabilityInterceptor(ServerInterceptor):
             raise
         if isinstance(response, AsyncIterator):
             return self._stream(response, call, context)
-        await context.send_initial_metadata(call.response_metadata)
+        context.set_trailing_metadata(call.response_metadata)
         self._finish(call, context, None)
         return response
 
     async def _stream(self, responses: AsyncIterator[Any], call: CallState, context: Context) -> AsyncIterator[Any]:
-        first = True
         try:
             async for response in responses:
-                if first:
-                    await context.send_initial_metadata(call.response_metadata)
-                    first = False
                 yield response
         except BaseException as error:
             self._finish(call, context, error)
             raise
+        context.set_trailing_metadata(call.response_metadata)
         self._finish(call, context, None)
 
     def _finish(self, call: CallState, context: Context, error: BaseException | None) -> None:
         code = _status_code(context, error)
         elapsed = time.monotonic() - call.started
-        metrics.REQUESTS.labels(call.method, code.name).inc()
-        metrics.LATENCY.labels(call.method).observe(elapsed)
+        counter = self._counters.get((call.method, code))
+        if counter is None:
+            counter = self._counters[call.method, code] = metrics.REQUESTS.labels(call.method, code.name)
+        counter.inc()
+        latency = self._latencies.get(call.method)
+        if latency is None:
+            latency = self._latencies[call.method] = metrics.LATENCY.labels(call.method)
+        latency.observe(elapsed)
         if call.esi_level is not None and code is grpc.StatusCode.OK:
             metrics.CLASSIFICATIONS.labels(str(call.esi_level)).inc()
         principal = call.principal

@@ -36,6 +36,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
+    # Our lines never name a source file, and finding the caller walks the stack
+    # on every call (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

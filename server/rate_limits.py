@@ -24,9 +24,12 @@ from functools import lru_cache
 
 import redis.asyncio
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindowRateLimiter
 from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
 
 log = logging.getLogger("triage.rate_limits")
 
@@ -61,7 +64,7 @@ class RateLimiter:
 
     def __init__(self, redis_url: str | None, on_degraded: Callable[[bool], None] = lambda _: None) -> None:
         self._memory = MovingWindowRateLimiter(MemoryStorage())
-        self._shared: MovingWindowRateLimiter | None = None
+        self._shared: AsyncMovingWindowRateLimiter | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None
         if redis_url:
             # Our own pool, so that close() can release its connections.
@@ -74,38 +77,41 @@ class RateLimiter:
                 wrap_exceptions=True,
                 connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis
             )
-            self._shared = MovingWindowRateLimiter(storage)
+            self._shared = AsyncMovingWindowRateLimiter(storage)
         self._on_degraded = on_degraded
         self.degraded = False
         self._probe: asyncio.Task[None] | None = None
 
     async def hit(self, subject: str, limits_text: str) -> Decision:
         """Counts one call for `subject`; the decision says whether it may proceed."""
-        limiter = self._memory if self.degraded or self._shared is None else self._shared
-        try:
-            return await self._hit(limiter, subject, parse_limits(limits_text))
-        except StorageError as error:
-            self._degrade(error)
-            return await self._hit(self._memory, subject, parse_limits(limits_text))
+        items = parse_limits(limits_text)
+        if self._shared is not None and not self.degraded:
+            try:
+                return await self._hit_shared(self._shared, subject, items)
+            except StorageError as error:
+                self._degrade(error)
+        return self._hit_memory(subject, items)
 
-    async def _hit(self, limiter: MovingWindowRateLimiter, subject: str, items: tuple[RateLimitItem, ...]) -> Decision:
-        tightest: Decision | None = None
+    def _hit_memory(self, subject: str, items: tuple[RateLimitItem, ...]) -> Decision:
+        # Synchronous: microseconds under a lock, with no task or thread per call.
+        decisions = []
+        for item in items:
+            allowed = self._memory.hit(item, subject)
+            decisions.append(_decision(item, allowed, self._memory.get_window_stats(item, subject)))
+            if not allowed:
+                break
+        return _tightest(decisions)
+
+    async def _hit_shared(
+        self, limiter: AsyncMovingWindowRateLimiter, subject: str, items: tuple[RateLimitItem, ...]
+    ) -> Decision:
+        decisions = []
         for item in items:
             allowed = await limiter.hit(item, subject)
-            stats = await limiter.get_window_stats(item, subject)
-            decision = Decision(
-                allowed=allowed,
-                limit=item.amount,
-                remaining=max(stats.remaining, 0),
-                reset_seconds=max(math.ceil(stats.reset_time - time.time()), 0),
-                description=str(item),
-            )
+            decisions.append(_decision(item, allowed, await limiter.get_window_stats(item, subject)))
             if not allowed:
-                return decision
-            if tightest is None or decision.remaining < tightest.remaining:
-                tightest = decision
-        assert tightest is not None  # parse_limits never returns an empty tuple
-        return tightest
+                break
+        return _tightest(decisions)
 
     def _degrade(self, error: Exception) -> None:
         if self.degraded:
@@ -136,6 +142,23 @@ class RateLimiter:
             self._probe.cancel()
         if self._pool is not None:
             await self._pool.aclose()
+
+
+def _decision(item: RateLimitItem, allowed: bool, stats: WindowStats) -> Decision:
+    return Decision(
+        allowed=allowed,
+        limit=item.amount,
+        remaining=max(stats.remaining, 0),
+        reset_seconds=max(math.ceil(stats.reset_time - time.time()), 0),
+        description=str(item),
+    )
+
+
+def _tightest(decisions: list[Decision]) -> Decision:
+    """The refusal if there is one (it is last), else the limit with the fewest calls left."""
+    if not decisions[-1].allowed:
+        return decisions[-1]
+    return min(decisions, key=lambda d: d.remaining)
 
 
 def _async_url(url: str) -> str:
