@@ -126,6 +126,71 @@ async def test_admin_audit_lists_what_was_classified(target: str) -> None:
     assert len(out.splitlines()) == 1
 
 
+async def test_admin_keys_create_list_and_revoke(target: str) -> None:
+    code, out, _ = await run(
+        TRIAGE, "--target", target, "admin", "keys", "create", "--name", "epic-test", "--role", "clinician",
+        "--rate-limit", "5/second", "--expires-in", "30d",
+    )  # fmt: skip
+    assert code == 0
+    secret = out.splitlines()[-1]
+    key_id = secret[4:30]
+    assert secret.startswith("tri_")
+    assert key_id in out.splitlines()[0]
+
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "keys", "list")
+    assert code == 0
+    [listed] = [line for line in out.splitlines() if line.startswith(key_id)]
+    assert "role=clinician" in listed
+    assert "rate_limit=5/second" in listed
+    assert "expires=" in listed
+    assert secret not in out
+
+    as_new_key = {"TRIAGE_API_KEY": secret}
+    classify = (TRIAGE, "--target", target, "classify", "--age", "40", "--complaint", "rash")
+    assert (await run(*classify, env=as_new_key))[0] == 0
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "keys", "revoke", key_id)
+    assert code == 0
+    assert "revoked=" in out
+    code, _, err = await run(*classify, env=as_new_key)
+    assert code == 1
+    assert "UNAUTHENTICATED" in err
+
+
+async def test_server_keys_commands_work_on_the_database(tmp_path: Path) -> None:
+    env = {"TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}", "TRIAGE_SECRET_KEY": "cli-test"}
+    code, out, _ = await run(TRIAGE_SERVER, "keys", "create", "--name", "ops", "--role", "admin", env=env)
+    assert code == 0
+    key_id = out.splitlines()[-1][4:30]
+
+    code, out, _ = await run(TRIAGE_SERVER, "keys", "revoke", key_id, env=env)
+    assert code == 0
+    assert "revoked=" in out
+    code, out, _ = await run(TRIAGE_SERVER, "keys", "list", env=env)
+    assert code == 0
+    assert key_id in out
+    assert "revoked=" in out
+    code, _, err = await run(TRIAGE_SERVER, "keys", "revoke", "01ARZ3NDEKTSV4RRFFQ69G5FAV", env=env)
+    assert code == 1
+    assert "no API key" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--rate-limit", "lots"), "rate_limit"),
+        (("--expires-in", "soon"), "is not a duration"),
+        (("--role", "superuser"), "invalid choice"),
+    ],
+)
+async def test_server_keys_create_refuses_bad_options(tmp_path: Path, options: tuple[str, ...], message: str) -> None:
+    env = {"TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}", "TRIAGE_SECRET_KEY": "cli-test"}
+    arguments = {"--name": "x", "--role": "demo"} | dict(zip(options[::2], options[1::2], strict=True))
+    code, _, err = await run(TRIAGE_SERVER, "keys", "create", *(v for pair in arguments.items() for v in pair), env=env)
+
+    assert code == 2
+    assert message in err
+
+
 async def test_evaluate_reports_agreement_and_a_confusion_matrix() -> None:
     code, out, _ = await run(TRIAGE_SERVER, "evaluate", str(DEMO_CSV))
 

@@ -12,8 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.processes import ServerProcess, create_key, start_server
 from tests.redis_server import RedisServer
-from tests.support import make_case
-from triage_client import AsyncTriageClient, ResourceExhausted
+from tests.support import eventually, make_case
+from triage.v1.admin_service_pb2 import RevokeApiKeyRequest
+from triage_client import AsyncTriageClient, ResourceExhausted, Unauthenticated
 
 CASE = make_case("ankle injury", "30y")
 
@@ -80,3 +81,28 @@ async def test_metrics_add_up_over_all_worker_processes(tmp_path: Path) -> None:
     assert served == 60
     # Both workers served some of them, so the sum really spans processes.
     assert len({entry["pid"] for entry in server.log if entry["event"] == "call"}) == 2
+
+
+async def test_a_key_revoked_through_one_process_stops_working_on_another_within_5_seconds(tmp_path: Path) -> None:
+    admin_key = await create_key(tmp_path, "admin")
+    doomed = await create_key(tmp_path, "clinician")
+    first, second = [await start_server(tmp_path) for _ in range(2)]
+    try:
+        async with (
+            AsyncTriageClient(f"127.0.0.1:{first.port}", api_key=admin_key) as admin,
+            AsyncTriageClient(f"127.0.0.1:{second.port}", api_key=doomed) as client,
+        ):
+            await client.classify(CASE)
+            await admin.revoke_api_key(RevokeApiKeyRequest(key_id=doomed[4:30]))
+
+            async def refused() -> bool:
+                try:
+                    await client.classify(CASE)
+                except Unauthenticated:
+                    return True
+                return False
+
+            await eventually(refused, within_seconds=5)
+    finally:
+        for server in (first, second):
+            await _stop(server)
