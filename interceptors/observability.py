@@ -4,9 +4,9 @@ It opens the call's CallState, so everything inside can add to it, and
 reports what came out: method, status code, duration, key id, role and ESI
 level. Nothing of the request's content is read, so nothing of it can leak.
 Response metadata gathered by the inner interceptors (request id, rate-limit
-figures) goes out as trailing metadata, on success and (through the error
-interceptor) on error alike: it rides in the frame that carries the status,
-so it costs no extra write, and callers find it in one place.
+figures) goes out as response headers (initial metadata) before the first
+response; a call that fails has only trailers, and the error interceptor
+puts it there.
 """
 
 from __future__ import annotations
@@ -55,18 +55,23 @@ class ObservabilityInterceptor(ServerInterceptor):
             raise
         if isinstance(response, AsyncIterator):
             return self._stream(response, call, context)
-        context.set_trailing_metadata(call.response_metadata)
+        await context.send_initial_metadata(call.response_metadata)
         self._finish(call, context, None)
         return response
 
     async def _stream(self, responses: AsyncIterator[Any], call: CallState, context: Context) -> AsyncIterator[Any]:
+        headers_sent = False
         try:
             async for response in responses:
+                if not headers_sent:
+                    await context.send_initial_metadata(call.response_metadata)
+                    headers_sent = True
                 yield response
         except BaseException as error:
             self._finish(call, context, error)
             raise
-        context.set_trailing_metadata(call.response_metadata)
+        if not headers_sent:
+            context.set_trailing_metadata(call.response_metadata)
         self._finish(call, context, None)
 
     def _finish(self, call: CallState, context: Context, error: BaseException | None) -> None:

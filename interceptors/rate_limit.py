@@ -3,8 +3,8 @@
 The caller's own limit applies when its key has one, else its role's
 default. Every answer carries `x-ratelimit-limit`, `x-ratelimit-remaining`
 and `x-ratelimit-reset` (seconds until the window frees a call) for the
-tightest limit, in its trailing metadata; a refused call gets
-RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo. Calls without a principal (health, reflection) are not counted.
+tightest limit (in the headers; in the trailers of an error); a refused call
+gets RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo. Calls without a principal (health, reflection) are not counted.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ async def _classify_with_request_id(target: str, key: str, request_id: str | Non
             classify_service_pb2.ClassifyRequest(case=CASE), metadata=metadata
         )
         response = await call
-        headers = dict(await call.trailing_metadata())
+        headers = dict(await call.initial_metadata())
     return str(headers["x-request-id"]), response.classification.classification_id
 
 

@@ -48,7 +48,7 @@ async def test_exactly_the_limit_succeeds_under_concurrency(server: TriageServer
     assert timedelta(0) < refusal.retry_delay <= timedelta(minutes=1)
 
 
-async def test_every_answer_carries_the_rate_limit_figures_in_its_trailers(server: TriageServer) -> None:
+async def test_every_answer_carries_the_rate_limit_headers(server: TriageServer) -> None:
     key = await issue_test_key(server, Role.CLINICIAN, rate_limit="3/minute;1000/day")
     credentials = (("authorization", f"Bearer {key}"),)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -63,13 +63,13 @@ async def test_every_answer_carries_the_rate_limit_figures_in_its_trailers(serve
         with pytest.raises(aio.AioRpcError) as raised:
             await refused
 
-    headers = dict(await first.trailing_metadata())
+    headers = dict(await first.initial_metadata())
     # The tightest of the key's limits is the one reported.
     assert (headers["x-ratelimit-limit"], headers["x-ratelimit-remaining"]) == ("3", "2")
     assert 0 < int(headers["x-ratelimit-reset"]) <= 60
     assert headers["x-request-id"]
     assert events
-    assert dict(await stream.trailing_metadata())["x-ratelimit-remaining"] == "1"
+    assert dict(await stream.initial_metadata())["x-ratelimit-remaining"] == "1"
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     trailers = dict(raised.value.trailing_metadata() or ())
     assert (trailers["x-ratelimit-limit"], trailers["x-ratelimit-remaining"]) == ("3", "0")
