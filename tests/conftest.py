@@ -56,9 +56,13 @@ async def keys(server: TriageServer) -> dict[Role, str]:
 
 
 async def issue_test_key(server: TriageServer, role: Role, **options: Any) -> str:
-    store = ApiKeyStore(open_database(server.settings.database_url))
-    secret = load_server_secret(server.settings)
-    issued = await asyncio.to_thread(issue_key, store, secret, name=f"test-{role.value}", role=role, **options)
+    engine = open_database(server.settings.database_url)
+    try:
+        secret = load_server_secret(server.settings)
+        store = ApiKeyStore(engine)
+        issued = await asyncio.to_thread(issue_key, store, secret, name=f"test-{role.value}", role=role, **options)
+    finally:
+        engine.dispose()
     return issued.secret
 
 

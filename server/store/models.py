@@ -54,3 +54,17 @@ class ApiKeyRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_type=DateTime(timezone=True))
     expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class ConfigVersionRecord(SQLModel, table=True):
+    """One version of the runtime configuration; the rows are its history."""
+
+    __tablename__ = "config_versions"
+
+    # The primary key makes concurrent updates from one version conflict: one wins.
+    version: int = Field(primary_key=True)
+    config_json: str
+    updated_at: datetime = Field(sa_type=DateTime(timezone=True))
+    updated_by: str = Field(max_length=64)
+    # The field-mask paths that changed, space-separated.
+    changed_paths: str = Field(default="", max_length=2000)

@@ -178,7 +178,9 @@ async def test_keys_through_the_admin_service(client: AsyncTriageClient, server:
     assert created.api_key.key_id in {k.key_id for k in listed}
     assert len(listed) == len(Role) + 1  # the fixture's keys, and this one
     # The database holds no secret, only its keyed hash.
-    stored = ApiKeyStore(open_database(server.settings.database_url)).get(created.api_key.key_id)
+    engine = open_database(server.settings.database_url)
+    stored = ApiKeyStore(engine).get(created.api_key.key_id)
+    engine.dispose()
     assert stored is not None
     assert created.secret not in stored.model_dump_json()
 
@@ -221,11 +223,12 @@ async def test_keys_changed_by_another_process_take_effect_within_the_reload_int
 ) -> None:
     # The bootstrap path (`triage-server keys`) writes the database, not this process's memory.
     key = await issue_test_key(server, Role.CLINICIAN)
-    store = ApiKeyStore(open_database(server.settings.database_url))
+    engine = open_database(server.settings.database_url)
     key_id = key[4:30]
     async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
         await client.classify(CASE)  # a key made elsewhere works at once
-        store.revoke(key_id, now=datetime.now(UTC))
+        ApiKeyStore(engine).revoke(key_id, now=datetime.now(UTC))
+        engine.dispose()
         await eventually(lambda: _refused(client), within_seconds=1.0)
 
 
