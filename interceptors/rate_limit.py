@@ -9,7 +9,7 @@ gets RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo. Calls without a princip
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +23,8 @@ from server.rate_limits import RateLimiter
 class RateLimitInterceptor(ServerInterceptor):
     """Counts each authenticated call against its caller's limits."""
 
-    def __init__(self, limiter: RateLimiter, role_defaults: Mapping[Role, str]) -> None:
+    def __init__(self, limiter: RateLimiter, role_defaults: Callable[[], Mapping[Role, str]]) -> None:
+        """`role_defaults` gives the current defaults: they change at run time."""
         super().__init__()
         self._limiter = limiter
         self._defaults = role_defaults
@@ -33,7 +34,7 @@ class RateLimitInterceptor(ServerInterceptor):
         principal = call.principal if call is not None else None
         if call is None or principal is None or principal.role is None:
             return await call_through(method, request, context)
-        limits = principal.rate_limit or self._defaults[principal.role]
+        limits = principal.rate_limit or self._defaults()[principal.role]
         decision = await self._limiter.hit(principal.subject, limits)
         call.response_metadata.extend(
             (

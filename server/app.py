@@ -26,6 +26,7 @@ from server.identity.oidc import OidcVerifier
 from server.pipeline.pipeline import Pipeline
 from server.rate_limits import RateLimiter
 from server.reflection import enable_reflection
+from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
 from server.secret import load_server_secret
 from server.services.admin import AdminService
 from server.services.classifier import Classifier
@@ -92,6 +93,7 @@ class TriageServer:
         self._engine: Engine | None = None
         self._api_keys: ApiKeyAuthenticator | None = None
         self._limiter: RateLimiter | None = None
+        self._configs: RuntimeConfigs | None = None
         self._tracer_provider: TracerProvider | None = None
         self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -114,7 +116,17 @@ class TriageServer:
             self._tracer_provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
             tracer = self._tracer_provider.get_tracer("triage.pipeline")
         pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy, tracer=tracer)
-        classifier = Classifier(pipeline, audit, secret)
+        configs = RuntimeConfigs(
+            ConfigStore(engine),
+            default_config(
+                danger_zone_policy=settings.danger_zone_policy,
+                rate_limits=settings.role_rate_limits(),
+                global_monthly_budget_usd_micros=round(settings.global_monthly_budget_usd * 1_000_000),
+            ),
+        )
+        self._configs = configs
+        await configs.start()
+        classifier = Classifier(pipeline, audit, secret, configs)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
         self._api_keys = api_keys
@@ -123,13 +135,13 @@ class TriageServer:
         self._limiter = limiter
 
         server = aio.server(
-            interceptors=self._interceptors(api_keys, limiter),
+            interceptors=self._interceptors(api_keys, limiter, configs),
             options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(audit, key_store, secret, api_keys), server
+            AdminService(audit, key_store, secret, api_keys, configs), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
@@ -158,7 +170,9 @@ class TriageServer:
         )
         return self.port
 
-    def _interceptors(self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter) -> list[aio.ServerInterceptor]:
+    def _interceptors(
+        self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter, configs: RuntimeConfigs
+    ) -> list[aio.ServerInterceptor]:
         """The chain, outermost first, in DESIGN.md's order."""
         settings = self.settings
         oidc = None
@@ -187,7 +201,7 @@ class TriageServer:
                 maximum_seconds=settings.max_deadline_seconds,
                 minimum_seconds=settings.min_deadline_seconds,
             ),
-            RateLimitInterceptor(limiter, settings.role_rate_limits()),
+            RateLimitInterceptor(limiter, lambda: configs.current.default_rate_limits),
         ]
         return chain
 
@@ -207,6 +221,8 @@ class TriageServer:
             await self._api_keys.stop()
         if self._limiter is not None:
             await self._limiter.close()
+        if self._configs is not None:
+            await self._configs.stop()
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:

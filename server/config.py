@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="redis://host:port/db to share rate-limit counts between processes; unset: in-process counts.",
     )
 
+    global_monthly_budget_usd: float = Field(
+        default=20.0,
+        ge=0,
+        description="Initial spending limit on model calls per calendar month (UTC); then set through AdminService.",
+    )
+
     # Deadlines
     classify_default_deadline_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of a Classify call that sets none."

@@ -97,14 +97,15 @@ class Pipeline:
         rules = RulesBackend(engine)
         self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
 
-    async def steps(self, case: Case) -> AsyncIterator[StepResult]:
+    async def steps(self, case: Case, danger_zone_policy: DangerZonePolicy | None = None) -> AsyncIterator[StepResult]:
         """Yields each step's result as it completes; the review comes last.
 
-        Between steps it checks the call's deadline, so a call out of time
-        stops rather than running every step to no one.
+        `danger_zone_policy` overrides the pipeline's for this run (the runtime
+        configuration's). Between steps it checks the call's deadline, so a
+        call out of time stops rather than running every step to no one.
         """
         call = current_call()
-        run = TriageRun(case, self.engine.read(case), self.danger_zone_policy)
+        run = TriageRun(case, self.engine.read(case), danger_zone_policy or self.danger_zone_policy)
         for step in DECISION_POINTS:
             if call is not None:
                 call.check_deadline()

@@ -1,4 +1,4 @@
-"""AdminService: API keys and the audit log now; configuration, backends and usage later.
+"""AdminService: runtime configuration, API keys and the audit log; backends and usage later.
 
 The RPCs not yet built answer UNIMPLEMENTED with a message saying so; their
 messages are already in the contract so that clients can be written today.
@@ -9,16 +9,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from google.rpc import error_details_pb2
 from grpc import aio
+from pydantic import ValidationError
 
+from server.calls import current_call
 from server.errors import InvalidArgument, NotFound, Unimplemented, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
 from server.ids import is_id
-from server.services.convert import api_key_message, audit_event_message, role_from_message
+from server.rate_limits import parse_limits
+from server.runtime_config import RULES, RuntimeConfig, RuntimeConfigs
+from server.services.convert import (
+    CONFIG_STEPS,
+    api_key_message,
+    audit_event_message,
+    config_message,
+    config_values,
+    role_from_message,
+)
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
@@ -32,8 +44,14 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     """The operator's interface (admin role only)."""
 
     def __init__(
-        self, audit: AuditLog, keys: ApiKeyStore, server_secret: bytes, authenticator: ApiKeyAuthenticator
+        self,
+        audit: AuditLog,
+        keys: ApiKeyStore,
+        server_secret: bytes,
+        authenticator: ApiKeyAuthenticator,
+        configs: RuntimeConfigs,
     ) -> None:
+        self._configs = configs
         self._audit = audit
         self._keys = keys
         self._secret = server_secret
@@ -68,11 +86,39 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
             audit_events=[audit_event_message(e) for e in page.events], next_page_token=next_token
         )
 
-    async def GetConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
-        raise _later("GetConfig", "runtime configuration")
+    async def GetConfig(  # noqa: N802 - the RPC's name
+        self, request: admin_service_pb2.GetConfigRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_service_pb2.GetConfigResponse:
+        return admin_service_pb2.GetConfigResponse(config=config_message(self._configs.current))
 
-    async def UpdateConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
-        raise _later("UpdateConfig", "runtime configuration")
+    async def UpdateConfig(  # noqa: N802 - the RPC's name
+        self, request: admin_service_pb2.UpdateConfigRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_service_pb2.UpdateConfigResponse:
+        paths = list(request.update_mask.paths)
+        fixed = [p for p in paths if p.split(".")[0] in _READ_ONLY_CONFIG]
+        if not paths or fixed or not request.update_mask.IsValidForDescriptor(admin_service_pb2.Config.DESCRIPTOR):
+            raise InvalidArgument(
+                [
+                    field_violation(
+                        "update_mask",
+                        "must name the fields to change, such as high_risk.backend; "
+                        "version, updated_at and updated_by are set by the server",
+                        "INVALID_MASK",
+                    )
+                ]
+            )
+        merged = config_message(self._configs.current)
+        request.update_mask.MergeMessage(
+            request.config, merged, replace_message_field=True, replace_repeated_field=True
+        )
+        config = validated_config(config_values(merged))
+        call = current_call()
+        principal = call.principal if call is not None else None
+        who = (principal.key_id or principal.subject) if principal is not None else ""
+        updated = await self._configs.update(
+            config, expected_version=request.expected_version, changed_paths=paths, by=who
+        )
+        return admin_service_pb2.UpdateConfigResponse(config=config_message(updated))
 
     async def ListBackends(self, request: Any, context: Any) -> Any:  # noqa: N802
         raise _later("ListBackends", "model backends")
@@ -138,6 +184,56 @@ def _later(rpc: str, feature: str) -> Unimplemented:
 
 def _range_key(start: datetime | None, end: datetime | None) -> str:
     return f"{start.isoformat() if start else ''}|{end.isoformat() if end else ''}"
+
+
+_READ_ONLY_CONFIG = frozenset({"version", "updated_at", "updated_by"})
+_BACKEND = re.compile(r"^(rules|[a-z][a-z0-9_-]*:[A-Za-z0-9._:/-]+)$")
+
+
+def validated_config(values: dict[str, Any]) -> RuntimeConfig:
+    """The configuration, or INVALID_ARGUMENT naming every field that is wrong and why."""
+    violations = []
+    try:
+        config = RuntimeConfig.model_validate(values)
+    except ValidationError as error:
+        raise InvalidArgument(
+            field_violation("config." + ".".join(str(part) for part in e["loc"]), e["msg"], "INVALID_VALUE")
+            for e in error.errors()
+        ) from None
+    for step in CONFIG_STEPS:
+        policy = getattr(config, step)
+        if not _BACKEND.match(policy.backend):
+            violations.append(
+                field_violation(f"config.{step}.backend", "must be rules or provider:model", "INVALID_BACKEND")
+            )
+        elif policy.backend != RULES and config.price(policy.backend) is None:
+            violations.append(
+                field_violation(
+                    f"config.{step}.backend",
+                    f"{policy.backend} has no price; set one in prices first (0 for a free local model)",
+                    "NO_PRICE",
+                )
+            )
+        if policy.strategy != "rules" and policy.backend == RULES:
+            violations.append(
+                field_violation(
+                    f"config.{step}.strategy", f"{policy.strategy} needs a model backend", "NEEDS_MODEL_BACKEND"
+                )
+            )
+    for role, limit in config.default_rate_limits.items():
+        try:
+            parse_limits(limit)
+        except ValueError:
+            violations.append(
+                field_violation(
+                    "config.default_rate_limits",
+                    f"the {role} limit must read like 20/day or 10/second;1000/hour",
+                    "INVALID_RATE_LIMIT",
+                )
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    return config
 
 
 def _page_size_violations(page_size: int) -> list[error_details_pb2.BadRequest.FieldViolation]:

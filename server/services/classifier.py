@@ -16,6 +16,7 @@ from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
 from server.pipeline.model import Case, StepResult
 from server.pipeline.pipeline import Pipeline
+from server.runtime_config import RuntimeConfigs
 from server.services.convert import fill_classification
 from server.store.audit import AuditLog
 from server.validation import validate_case
@@ -25,10 +26,11 @@ from triage.v1 import case_pb2, classification_pb2
 class Classifier:
     """Runs the pipeline for one request and records the decision."""
 
-    def __init__(self, pipeline: Pipeline, audit: AuditLog, secret: bytes) -> None:
+    def __init__(self, pipeline: Pipeline, audit: AuditLog, secret: bytes, configs: RuntimeConfigs) -> None:
         self._pipeline = pipeline
         self._audit = audit
         self._secret = secret
+        self._configs = configs
 
     def validate(self, message: case_pb2.TriageCase, present: bool) -> Case:
         """The validated case; INVALID_ARGUMENT when absent or malformed."""
@@ -37,7 +39,7 @@ class Classifier:
         return validate_case(message)
 
     def steps(self, case: Case) -> AsyncIterator[StepResult]:
-        return self._pipeline.steps(case)
+        return self._pipeline.steps(case, self._configs.current.danger_zone_policy)
 
     async def finish(
         self,

@@ -10,6 +10,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from server.calls import Role
 from server.pipeline.model import Cost, Finding, StepResult, TriageResult
+from server.runtime_config import RuntimeConfig, StepPolicy
 from server.store.models import ApiKeyRecord, AuditEvent
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
@@ -125,3 +126,70 @@ def api_key_message(record: ApiKeyRecord) -> admin_service_pb2.ApiKey:
     if record.revoked_at is not None:
         message.revoked_at.CopyFrom(timestamp(record.revoked_at))
     return message
+
+
+_STRATEGIES: dict[str, admin_service_pb2.Strategy.ValueType] = {
+    "rules": admin_service_pb2.STRATEGY_RULES,
+    "model": admin_service_pb2.STRATEGY_MODEL,
+    "most_urgent": admin_service_pb2.STRATEGY_MOST_URGENT,
+}
+_DANGER_ZONE: dict[str, admin_service_pb2.DangerZonePolicy.ValueType] = {
+    "up_triage": admin_service_pb2.DANGER_ZONE_POLICY_UP_TRIAGE,
+    "flag_only": admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY,
+}
+CONFIG_STEPS = ("high_risk", "resources", "narrative")
+
+
+def config_message(config: RuntimeConfig) -> admin_service_pb2.Config:
+    message = admin_service_pb2.Config(
+        version=config.version,
+        danger_zone_policy=_DANGER_ZONE[config.danger_zone_policy],
+        global_monthly_budget_usd_micros=config.global_monthly_budget_usd_micros,
+        updated_by=config.updated_by,
+    )
+    for step in CONFIG_STEPS:
+        policy: StepPolicy = getattr(config, step)
+        getattr(message, step).CopyFrom(
+            admin_service_pb2.StepPolicy(backend=policy.backend, strategy=_STRATEGIES[policy.strategy])
+        )
+    message.prices.extend(
+        admin_service_pb2.BackendPrice(
+            backend=name,
+            input_usd_micros_per_million_tokens=price.input_usd_micros_per_million_tokens,
+            output_usd_micros_per_million_tokens=price.output_usd_micros_per_million_tokens,
+        )
+        for name, price in sorted(config.prices.items())
+    )
+    message.default_rate_limits.extend(
+        admin_service_pb2.RoleRateLimit(role=role_message(role), rate_limit=limit)
+        for role, limit in sorted(config.default_rate_limits.items(), key=lambda item: list(Role).index(item[0]))
+    )
+    if config.updated_at is not None:
+        message.updated_at.CopyFrom(timestamp(config.updated_at))
+    return message
+
+
+def config_values(message: admin_service_pb2.Config) -> dict[str, object]:
+    """RuntimeConfig fields from a Config message; enum zero values mean the defaults."""
+    strategies = {value: name for name, value in _STRATEGIES.items()}
+    danger_zone = {value: name for name, value in _DANGER_ZONE.items()}
+    values: dict[str, object] = {
+        step: {
+            "backend": getattr(message, step).backend or "rules",
+            "strategy": strategies.get(getattr(message, step).strategy, "rules"),
+        }
+        for step in CONFIG_STEPS
+    }
+    values["danger_zone_policy"] = danger_zone.get(message.danger_zone_policy, "up_triage")
+    values["prices"] = {
+        price.backend: {
+            "input_usd_micros_per_million_tokens": price.input_usd_micros_per_million_tokens,
+            "output_usd_micros_per_million_tokens": price.output_usd_micros_per_million_tokens,
+        }
+        for price in message.prices
+    }
+    values["global_monthly_budget_usd_micros"] = message.global_monthly_budget_usd_micros
+    values["default_rate_limits"] = {
+        role_from_message(limit.role): limit.rate_limit for limit in message.default_rate_limits
+    }
+    return values

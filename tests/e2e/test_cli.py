@@ -191,6 +191,39 @@ async def test_server_keys_create_refuses_bad_options(tmp_path: Path, options: t
     assert message in err
 
 
+async def test_admin_config_get_and_set(target: str) -> None:
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "config", "get")
+    assert code == 0
+    assert "version=0" in out.splitlines()
+    assert "step.high_risk=rules" in out.splitlines()
+    assert "price.openai:gpt-4o-mini=0.15,0.6" in out.splitlines()
+
+    code, out, err = await run(
+        TRIAGE, "--target", target, "admin", "config", "set", "price.local:llama3=0,0", "step.high_risk=local:llama3",
+        "strategy.high_risk=most_urgent", "danger_zone_policy=flag_only", "budget.global_monthly_usd=50",
+        "rate_limit.demo=5/hour",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "version=1" in lines
+    for expected in (
+        "step.high_risk=local:llama3",
+        "strategy.high_risk=most_urgent",
+        "danger_zone_policy=flag_only",
+        "budget.global_monthly_usd=50",
+        "price.local:llama3=0,0",
+        "rate_limit.demo=5/hour",
+    ):
+        assert expected in lines
+
+    code, _, err = await run(TRIAGE, "--target", target, "admin", "config", "set", "step.high_risk=openai:unpriced")
+    assert code == 1
+    assert "config.high_risk.backend" in err
+    code, _, err = await run(TRIAGE, "--target", target, "admin", "config", "set", "strategy.high_risk=sometimes")
+    assert code == 2
+    assert "most_urgent" in err
+
+
 async def test_evaluate_reports_agreement_and_a_confusion_matrix() -> None:
     code, out, _ = await run(TRIAGE_SERVER, "evaluate", str(DEMO_CSV))
 

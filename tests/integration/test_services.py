@@ -195,15 +195,10 @@ async def test_explain_by_id_needs_case_storage(client: AsyncTriageClient) -> No
             pass
 
 
-@pytest.mark.parametrize("rpc", ["get_config", "list_backends", "get_usage"], ids=lambda r: str(r))
+@pytest.mark.parametrize("rpc", ["list_backends", "get_usage"], ids=lambda r: str(r))
 async def test_admin_rpcs_of_later_issues_are_unimplemented(client: AsyncTriageClient, rpc: str) -> None:
     with pytest.raises(Unimplemented, match="not implemented yet"):
         await getattr(client, rpc)()
-
-
-async def test_updating_the_config_is_unimplemented(client: AsyncTriageClient) -> None:
-    with pytest.raises(Unimplemented):
-        await client.update_config(admin_service_pb2.UpdateConfigRequest())
 
 
 async def test_audit_events_page_through_in_order(client: AsyncTriageClient) -> None:

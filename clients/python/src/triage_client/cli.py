@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", type=datetime.fromisoformat, help="start time (ISO 8601, inclusive)")
     audit.add_argument("--until", type=datetime.fromisoformat, help="end time (ISO 8601, exclusive)")
     audit.add_argument("--limit", type=int, default=100, help="most events to print (0: all)")
+    config = admin_commands.add_parser("config", help="read or change the runtime configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("get", help="print the configuration as key=value lines")
+    config_set = config_commands.add_parser(
+        "set",
+        help="change settings: step.high_risk=openai:gpt-4o-mini strategy.high_risk=most_urgent "
+        "danger_zone_policy=flag_only budget.global_monthly_usd=20 price.local:llama3=0,0 rate_limit.demo=20/day",
+    )
+    config_set.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     keys = admin_commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create a key; its secret is printed once, on the last line")
@@ -245,6 +254,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: T
                 return 0 if status == ServingStatus.Value("SERVING") else 1
             if args.admin_command == "keys":
                 return _manage_keys(client, args, stdout, as_json)
+            if args.admin_command == "config":
+                return _config(client, args, stdout, as_json, parser)
             events = client.iter_audit_events(start_time=args.since, end_time=args.until)
             for shown, event in enumerate(events, start=1):
                 print(_json(event) if as_json else _format_audit(event), file=stdout)
@@ -280,6 +291,122 @@ def _manage_keys(client: TriageClient, args: argparse.Namespace, stdout: TextIO,
     revoked = client.revoke_api_key(admin_service_pb2.RevokeApiKeyRequest(key_id=args.key_id), timeout=args.timeout)
     print(_json(revoked.api_key) if as_json else f"revoked {_format_key(revoked.api_key)}", file=stdout)
     return 0
+
+
+_STEPS = ("high_risk", "resources", "narrative")
+
+
+def _config(
+    client: TriageClient, args: argparse.Namespace, stdout: TextIO, as_json: bool, parser: argparse.ArgumentParser
+) -> int:
+    current = client.get_config(timeout=args.timeout).config
+    if args.config_command == "set":
+        request = admin_service_pb2.UpdateConfigRequest(expected_version=current.version)
+        request.config.CopyFrom(current)
+        try:
+            paths = [_assign(request.config, assignment) for assignment in args.assignments]
+        except ValueError as error:
+            parser.error(str(error))
+        request.update_mask.paths.extend(dict.fromkeys(paths))
+        current = client.update_config(request, timeout=args.timeout).config
+    if as_json:
+        print(_json(current), file=stdout)
+        return 0
+    for line in config_lines(current):
+        print(line, file=stdout)
+    return 0
+
+
+def config_lines(config: admin_service_pb2.Config) -> list[str]:
+    """The configuration in the KEY=VALUE vocabulary of `triage admin config set`."""
+    lines = [f"version={config.version}"]
+    if config.HasField("updated_at"):
+        lines.append(f"updated={config.updated_at.ToJsonString()} by {config.updated_by}")
+    for step in _STEPS:
+        policy = getattr(config, step)
+        lines.append(f"step.{step}={policy.backend}")
+        lines.append(
+            f"strategy.{step}={_enum_word(admin_service_pb2.Strategy.DESCRIPTOR, policy.strategy, 'STRATEGY_')}"
+        )
+    lines.append(
+        "danger_zone_policy="
+        + _enum_word(admin_service_pb2.DangerZonePolicy.DESCRIPTOR, config.danger_zone_policy, "DANGER_ZONE_POLICY_")
+    )
+    lines.append(f"budget.global_monthly_usd={config.global_monthly_budget_usd_micros / 1e6:g}")
+    for price in config.prices:
+        per_million = (
+            price.input_usd_micros_per_million_tokens / 1e6,
+            price.output_usd_micros_per_million_tokens / 1e6,
+        )
+        lines.append(f"price.{price.backend}={per_million[0]:g},{per_million[1]:g}")
+    for limit in config.default_rate_limits:
+        lines.append(
+            f"rate_limit.{_enum_word(admin_service_pb2.Role.DESCRIPTOR, limit.role, 'ROLE_')}={limit.rate_limit}"
+        )
+    return lines
+
+
+def _enum_word(enum: EnumDescriptor, value: int, prefix: str) -> str:
+    return str(enum.values_by_number[value].name).removeprefix(prefix).lower()
+
+
+def _assign(config: admin_service_pb2.Config, assignment: str) -> str:
+    """Applies one KEY=VALUE to `config`; returns the field-mask path it changed."""
+    key, equals, value = assignment.partition("=")
+    group, _, name = key.partition(".")
+    if not equals:
+        raise ValueError(f"{assignment!r}: write KEY=VALUE")
+    if group == "step" and name in _STEPS:
+        getattr(config, name).backend = value
+        return f"{name}.backend"
+    if group == "strategy" and name in _STEPS:
+        getattr(config, name).strategy = _enum_value(admin_service_pb2.Strategy.DESCRIPTOR, "STRATEGY_", value)
+        return f"{name}.strategy"
+    if key == "danger_zone_policy":
+        config.danger_zone_policy = _enum_value(
+            admin_service_pb2.DangerZonePolicy.DESCRIPTOR, "DANGER_ZONE_POLICY_", value
+        )
+        return key
+    if key == "budget.global_monthly_usd":
+        config.global_monthly_budget_usd_micros = round(_number(value, key) * 1_000_000)
+        return "global_monthly_budget_usd_micros"
+    if group == "price" and name:
+        price_in, _, price_out = value.partition(",")
+        kept = [p for p in config.prices if p.backend != name]
+        del config.prices[:]
+        config.prices.extend(kept)
+        config.prices.add(
+            backend=name,
+            input_usd_micros_per_million_tokens=round(_number(price_in, key) * 1_000_000),
+            output_usd_micros_per_million_tokens=round(_number(price_out, key) * 1_000_000),
+        )
+        return "prices"
+    if group == "rate_limit" and name:
+        role = _enum_value(admin_service_pb2.Role.DESCRIPTOR, "ROLE_", name)
+        kept_limits = [limit for limit in config.default_rate_limits if limit.role != role]
+        del config.default_rate_limits[:]
+        config.default_rate_limits.extend(kept_limits)
+        config.default_rate_limits.add(role=role, rate_limit=value)
+        return "default_rate_limits"
+    raise ValueError(
+        f"{key!r} is not a setting: use step.<step>, strategy.<step> (steps: {', '.join(_STEPS)}), "
+        "danger_zone_policy, budget.global_monthly_usd, price.<backend>, rate_limit.<role>"
+    )
+
+
+def _enum_value(enum: EnumDescriptor, prefix: str, word: str) -> Any:
+    value = enum.values_by_name.get(prefix + word.upper())
+    if value is None or value.number == 0:
+        names = [v.name.removeprefix(prefix).lower() for v in enum.values if v.number != 0]
+        raise ValueError(f"{word!r}: use one of {', '.join(names)}")
+    return value.number
+
+
+def _number(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{key}: {text!r} is not a number") from None
 
 
 def _format_key(key: admin_service_pb2.ApiKey) -> str:

@@ -1,0 +1,169 @@
+"""The runtime configuration: read, change with a field mask and a version, history, hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from google.protobuf import field_mask_pb2
+from sqlmodel import Session, select
+
+from server.app import TriageServer
+from server.calls import Role
+from server.config import Settings
+from server.store.database import open_database
+from server.store.models import ConfigVersionRecord
+from tests.support import eventually, make_case
+from triage.v1 import admin_service_pb2
+from triage.v1.admin_service_pb2 import Config, StepPolicy, UpdateConfigRequest
+from triage_client import Aborted, AsyncTriageClient, InvalidArgument, ResourceExhausted
+
+# A danger-zone case: ESI 2 when D up-triages, ESI 3 when it only flags.
+TACHYCARDIC = make_case("abdominal pain", "40y", vitals={"heart_rate_bpm": 130})
+
+
+def update(expected_version: int, paths: list[str], **config: object) -> UpdateConfigRequest:
+    return UpdateConfigRequest(
+        config=Config(**config),  # type: ignore[arg-type]
+        update_mask=field_mask_pb2.FieldMask(paths=paths),
+        expected_version=expected_version,
+    )
+
+
+async def test_the_defaults_come_from_the_settings(client: AsyncTriageClient) -> None:
+    config = (await client.get_config()).config
+
+    assert config.version == 0
+    assert config.high_risk.backend == "rules"
+    assert config.danger_zone_policy == admin_service_pb2.DANGER_ZONE_POLICY_UP_TRIAGE
+    assert config.global_monthly_budget_usd_micros == 20_000_000
+    prices = {p.backend: p for p in config.prices}
+    assert prices["openai:gpt-4o-mini"].input_usd_micros_per_million_tokens == 150_000
+    assert prices["openai:gpt-4o-mini"].output_usd_micros_per_million_tokens == 600_000
+    limits = {admin_service_pb2.Role.Name(r.role): r.rate_limit for r in config.default_rate_limits}
+    assert limits["ROLE_DEMO"] == "20/day"
+
+
+async def test_a_change_is_versioned_applied_and_recorded(
+    client: AsyncTriageClient, server: TriageServer, settings: Settings
+) -> None:
+    assert (await client.classify(TACHYCARDIC)).esi_level == 2
+    request = update(
+        0,
+        ["danger_zone_policy", "high_risk"],
+        danger_zone_policy=admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY,
+        high_risk=StepPolicy(backend="openai:gpt-4o-mini", strategy=admin_service_pb2.STRATEGY_MOST_URGENT),
+    )
+    changed = (await client.update_config(request)).config
+
+    assert changed.version == 1
+    assert changed.danger_zone_policy == admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY
+    assert changed.high_risk.strategy == admin_service_pb2.STRATEGY_MOST_URGENT
+    assert changed.resources.backend == "rules"  # not in the mask: unchanged
+    assert changed.updated_by  # the admin key's id
+    assert (await client.classify(TACHYCARDIC)).esi_level == 3
+
+    engine = open_database(settings.database_url)
+    with Session(engine) as session:
+        [record] = session.exec(select(ConfigVersionRecord)).all()
+    engine.dispose()
+    assert (record.version, record.updated_by) == (1, changed.updated_by)
+    assert record.changed_paths.split() == ["danger_zone_policy", "high_risk"]
+
+
+async def test_a_stale_version_is_aborted(client: AsyncTriageClient) -> None:
+    budget = ["global_monthly_budget_usd_micros"]
+    await client.update_config(update(0, budget, global_monthly_budget_usd_micros=5_000_000))
+
+    with pytest.raises(Aborted, match="changed since version 0"):
+        await client.update_config(update(0, budget, global_monthly_budget_usd_micros=1))
+    assert (await client.get_config()).config.global_monthly_budget_usd_micros == 5_000_000
+
+
+async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: AsyncTriageClient) -> None:
+    budget = ["global_monthly_budget_usd_micros"]
+    outcomes = await asyncio.gather(
+        *(client.update_config(update(0, budget, global_monthly_budget_usd_micros=n)) for n in range(1, 6)),
+        return_exceptions=True,
+    )
+
+    assert sum(1 for o in outcomes if isinstance(o, Aborted)) == 4
+    assert (await client.get_config()).config.version == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (update(0, []), "update_mask"),
+        (update(0, ["version"], version=7), "update_mask"),
+        (update(0, ["no_such_field"]), "update_mask"),
+        (update(0, ["high_risk.backend"], high_risk=StepPolicy(backend="openai:no-price")), "config.high_risk.backend"),
+        (update(0, ["resources.backend"], resources=StepPolicy(backend="not a backend")), "config.resources.backend"),
+        (
+            update(0, ["high_risk.strategy"], high_risk=StepPolicy(strategy=admin_service_pb2.STRATEGY_MODEL)),
+            "config.high_risk.strategy",
+        ),
+        (
+            update(
+                0,
+                ["default_rate_limits"],
+                default_rate_limits=[admin_service_pb2.RoleRateLimit(role=admin_service_pb2.ROLE_DEMO, rate_limit="x")],
+            ),
+            "config.default_rate_limits",
+        ),
+        (
+            update(
+                0,
+                ["prices"],
+                prices=[admin_service_pb2.BackendPrice(backend="local:llama", input_usd_micros_per_million_tokens=-1)],
+            ),
+            "config.prices.local:llama.input_usd_micros_per_million_tokens",
+        ),
+    ],
+    ids=[
+        "empty-mask",
+        "read-only",
+        "unknown-path",
+        "no-price",
+        "bad-name",
+        "model-needs-backend",
+        "bad-limit",
+        "price",
+    ],
+)
+async def test_bad_changes_name_their_fields(
+    client: AsyncTriageClient, request_: UpdateConfigRequest, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        await client.update_config(request_)
+
+    assert field in {v.field for v in raised.value.field_violations}
+    assert (await client.get_config()).config.version == 0
+
+
+async def test_rate_limit_defaults_change_at_run_time(client: AsyncTriageClient, server: TriageServer) -> None:
+    limits = [admin_service_pb2.RoleRateLimit(role=admin_service_pb2.ROLE_ADMIN, rate_limit="1/minute")]
+    await client.update_config(update(0, ["default_rate_limits"], default_rate_limits=limits))
+
+    await client.classify(TACHYCARDIC)
+    with pytest.raises(ResourceExhausted):
+        await client.classify(TACHYCARDIC)
+
+
+async def test_every_process_applies_a_change_within_a_second(
+    client: AsyncTriageClient, server: TriageServer, settings: Settings, keys: dict[Role, str]
+) -> None:
+    other = TriageServer(settings)  # the same database: another process would see the same
+    await other.start()
+    try:
+        async with AsyncTriageClient(f"127.0.0.1:{other.port}", api_key=keys[Role.CLINICIAN]) as elsewhere:
+            assert (await elsewhere.classify(TACHYCARDIC)).esi_level == 2
+            policy = admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY
+            await client.update_config(update(0, ["danger_zone_policy"], danger_zone_policy=policy))
+
+            async def applied() -> bool:
+                return (await elsewhere.classify(TACHYCARDIC)).esi_level == 3
+
+            await eventually(applied, within_seconds=1.0)
+    finally:
+        await other.stop(grace_seconds=0)
