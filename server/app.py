@@ -18,11 +18,13 @@ from interceptors.errors import ErrorInterceptor
 from interceptors.observability import ObservabilityInterceptor
 from interceptors.rate_limit import RateLimitInterceptor
 from server import metrics
+from server.backends.registry import BackendRegistry, Provider
 from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.identity.api_keys import ApiKeyAuthenticator
 from server.identity.oidc import OidcVerifier
+from server.pipeline.advice import Advisor
 from server.pipeline.pipeline import Pipeline
 from server.rate_limits import RateLimiter
 from server.reflection import enable_reflection
@@ -94,6 +96,7 @@ class TriageServer:
         self._api_keys: ApiKeyAuthenticator | None = None
         self._limiter: RateLimiter | None = None
         self._configs: RuntimeConfigs | None = None
+        self._registry: BackendRegistry | None = None
         self._tracer_provider: TracerProvider | None = None
         self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -115,7 +118,19 @@ class TriageServer:
         if settings.otlp_endpoint:
             self._tracer_provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
             tracer = self._tracer_provider.get_tracer("triage.pipeline")
-        pipeline = Pipeline(rules, danger_zone_policy=settings.danger_zone_policy, tracer=tracer)
+        registry = BackendRegistry(
+            {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
+            max_output_tokens=settings.model_max_output_tokens,
+            circuit_failure_threshold=settings.circuit_failure_threshold,
+            circuit_open_seconds=settings.circuit_open_seconds,
+        )
+        self._registry = registry
+        pipeline = Pipeline(
+            rules,
+            danger_zone_policy=settings.danger_zone_policy,
+            advisor=Advisor(registry, max_seconds=settings.model_max_seconds),
+            tracer=tracer,
+        )
         configs = RuntimeConfigs(
             ConfigStore(engine),
             default_config(
@@ -141,7 +156,7 @@ class TriageServer:
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(audit, key_store, secret, api_keys, configs), server
+            AdminService(audit, key_store, secret, api_keys, configs, registry), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
@@ -223,6 +238,8 @@ class TriageServer:
             await self._limiter.close()
         if self._configs is not None:
             await self._configs.stop()
+        if self._registry is not None:
+            await self._registry.close()
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:

@@ -12,11 +12,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.calls import Role
 from server.rate_limits import parse_limits
+
+
+class ProviderSettings(BaseModel):
+    """An OpenAI-compatible provider besides the default one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    api_key: SecretStr | None = None
 
 
 class Settings(BaseSettings):
@@ -99,6 +108,28 @@ class Settings(BaseSettings):
         description="Initial spending limit on model calls per calendar month (UTC); then set through AdminService.",
     )
 
+    # Model backends
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="The default provider `openai`: any OpenAI-compatible chat-completions endpoint.",
+    )
+    openai_api_key: SecretStr | None = Field(default=None, description="API key of the default provider.")
+    openai_providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description='More providers side by side, as JSON: {"local": {"base_url": "http://ollama:11434/v1"}} '
+        "makes backends named local:<model>.",
+    )
+    model_max_seconds: float = Field(
+        default=10.0, gt=0, description="Longest a model call may take, even when the caller allows more."
+    )
+    model_max_output_tokens: int = Field(default=400, ge=16, description="Most tokens a model may answer with.")
+    circuit_failure_threshold: int = Field(
+        default=5, ge=1, description="Failed model calls in a row after which a backend's circuit opens."
+    )
+    circuit_open_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open circuit skips the backend before one trial call."
+    )
+
     # Deadlines
     classify_default_deadline_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of a Classify call that sets none."
@@ -149,6 +180,12 @@ class Settings(BaseSettings):
         if any(oidc) and not all(oidc):
             raise ValueError("OIDC needs TRIAGE_OIDC_ISSUER, TRIAGE_OIDC_AUDIENCE and TRIAGE_OIDC_JWKS_URL together")
         return self
+
+    def providers(self) -> dict[str, tuple[str, str]]:
+        """Every model provider by name: (base URL, API key)."""
+        default = ("openai", self.openai_base_url, self.openai_api_key)
+        named = [(name, p.base_url, p.api_key) for name, p in self.openai_providers.items()]
+        return {name: (url, key.get_secret_value() if key else "") for name, url, key in (default, *named)}
 
     def role_rate_limits(self) -> dict[Role, str]:
         return {role: getattr(self, f"rate_limit_{role.value}") for role in Role}

@@ -17,6 +17,7 @@ from opentelemetry import trace
 
 from server.calls import current_call
 from server.esi.engine import CaseFacts, DangerZonePolicy, RulesEngine
+from server.pipeline.advice import Advisor
 from server.pipeline.model import (
     STEP_DANGER_ZONE_VITALS,
     STEP_HIGH_RISK,
@@ -29,6 +30,7 @@ from server.pipeline.model import (
     StepResult,
     TriageResult,
 )
+from server.runtime_config import RuntimeConfig
 
 DECISION_POINTS: tuple[Step, ...] = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS)
 
@@ -88,32 +90,37 @@ class Pipeline:
         *,
         danger_zone_policy: DangerZonePolicy = "up_triage",
         backends: Mapping[Step, StepBackend] | None = None,
+        advisor: Advisor | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.engine = engine
+        # Asks a model about B and C when the runtime configuration says so.
+        self.advisor = advisor
         # A span per step; the API's no-op tracer unless tracing is configured.
         self._tracer = tracer or trace.get_tracer("triage.pipeline")
         self.danger_zone_policy: DangerZonePolicy = danger_zone_policy
         rules = RulesBackend(engine)
         self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
 
-    async def steps(self, case: Case, danger_zone_policy: DangerZonePolicy | None = None) -> AsyncIterator[StepResult]:
+    async def steps(self, case: Case, config: RuntimeConfig | None = None) -> AsyncIterator[StepResult]:
         """Yields each step's result as it completes; the review comes last.
 
-        `danger_zone_policy` overrides the pipeline's for this run (the runtime
-        configuration's). Between steps it checks the call's deadline, so a
-        call out of time stops rather than running every step to no one.
+        `config` is the runtime configuration for this run (danger-zone policy,
+        model routing); without one, the rules alone answer with the pipeline's
+        own policy. Between steps it checks the call's deadline, so a call out
+        of time stops rather than running every step to no one.
         """
         call = current_call()
-        run = TriageRun(case, self.engine.read(case), danger_zone_policy or self.danger_zone_policy)
+        policy = config.danger_zone_policy if config is not None else self.danger_zone_policy
+        run = TriageRun(case, self.engine.read(case), policy)
         for step in DECISION_POINTS:
             if call is not None:
                 call.check_deadline()
-            result = await self._answer(step, run)
+            result = await self._answer(step, run, config)
             yield result
             if result.level is not None:
                 break
-        yield await self._answer(STEP_REVIEW, run)
+        yield await self._answer(STEP_REVIEW, run, config)
 
     async def classify(self, case: Case) -> TriageResult:
         """Runs every step and returns the result."""
@@ -134,16 +141,20 @@ class Pipeline:
             ruleset_version=self.engine.version,
         )
 
-    async def _answer(self, step: Step, run: TriageRun) -> StepResult:
+    async def _answer(self, step: Step, run: TriageRun, config: RuntimeConfig | None) -> StepResult:
         backend = self._backends[step]
-        with self._tracer.start_as_current_span(
-            f"step {STEP_LETTERS[step]}", attributes={"triage.backend": backend.name}
-        ) as span:
+        with self._tracer.start_as_current_span(f"step {STEP_LETTERS[step]}") as span:
             started = time.perf_counter()
             result = await backend.answer(step, run)
+            result.backend = backend.name
+            if self.advisor is not None and config is not None:
+                policy = self.advisor.policy(step, config)
+                if policy is not None:
+                    # The rules have answered: the model may only add to that (advice.py).
+                    result = await self.advisor.advise(result, run.case, policy, config)
             result.elapsed_seconds = time.perf_counter() - started
+            span.set_attribute("triage.backend", result.backend)
             if result.level is not None:
                 span.set_attribute("triage.esi_level", result.level)
-        result.backend = backend.name
         run.results.append(result)
         return result

@@ -1,4 +1,4 @@
-"""AdminService: runtime configuration, API keys and the audit log; backends and usage later.
+"""AdminService: runtime configuration, backends, API keys and the audit log; usage later.
 
 The RPCs not yet built answer UNIMPLEMENTED with a message saying so; their
 messages are already in the contract so that clients can be written today.
@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from pydantic import ValidationError
 
+from server.backends.registry import BackendRegistry
 from server.calls import current_call
 from server.errors import InvalidArgument, NotFound, Unimplemented, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
@@ -27,6 +28,7 @@ from server.services.convert import (
     CONFIG_STEPS,
     api_key_message,
     audit_event_message,
+    backend_message,
     config_message,
     config_values,
     role_from_message,
@@ -50,8 +52,10 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         server_secret: bytes,
         authenticator: ApiKeyAuthenticator,
         configs: RuntimeConfigs,
+        backends: BackendRegistry,
     ) -> None:
         self._configs = configs
+        self._backends = backends
         self._audit = audit
         self._keys = keys
         self._secret = server_secret
@@ -111,7 +115,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         request.update_mask.MergeMessage(
             request.config, merged, replace_message_field=True, replace_repeated_field=True
         )
-        config = validated_config(config_values(merged))
+        config = validated_config(config_values(merged), self._backends)
         call = current_call()
         principal = call.principal if call is not None else None
         who = (principal.key_id or principal.subject) if principal is not None else ""
@@ -120,8 +124,19 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         )
         return admin_service_pb2.UpdateConfigResponse(config=config_message(updated))
 
-    async def ListBackends(self, request: Any, context: Any) -> Any:  # noqa: N802
-        raise _later("ListBackends", "model backends")
+    async def ListBackends(  # noqa: N802 - the RPC's name
+        self, request: admin_service_pb2.ListBackendsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_service_pb2.ListBackendsResponse:
+        config = self._configs.current
+        routed = {getattr(config, step).backend for step in CONFIG_STEPS}
+        names = [RULES, *sorted((set(config.prices) | routed) - {RULES})]
+        return admin_service_pb2.ListBackendsResponse(
+            backends=[
+                backend_message(name, config.price(name), self._backends.circuit_state(name))
+                for name in names
+                if self._backends.knows(name)
+            ]
+        )
 
     async def CreateApiKey(  # noqa: N802 - the RPC's name
         self, request: admin_service_pb2.CreateApiKeyRequest, context: aio.ServicerContext[Any, Any]
@@ -190,7 +205,7 @@ _READ_ONLY_CONFIG = frozenset({"version", "updated_at", "updated_by"})
 _BACKEND = re.compile(r"^(rules|[a-z][a-z0-9_-]*:[A-Za-z0-9._:/-]+)$")
 
 
-def validated_config(values: dict[str, Any]) -> RuntimeConfig:
+def validated_config(values: dict[str, Any], backends: BackendRegistry) -> RuntimeConfig:
     """The configuration, or INVALID_ARGUMENT naming every field that is wrong and why."""
     violations = []
     try:
@@ -202,9 +217,14 @@ def validated_config(values: dict[str, Any]) -> RuntimeConfig:
         ) from None
     for step in CONFIG_STEPS:
         policy = getattr(config, step)
-        if not _BACKEND.match(policy.backend):
+        if not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
+            providers = ", ".join(sorted(backends.providers))
             violations.append(
-                field_violation(f"config.{step}.backend", "must be rules or provider:model", "INVALID_BACKEND")
+                field_violation(
+                    f"config.{step}.backend",
+                    f"must be rules or provider:model, with a configured provider ({providers})",
+                    "INVALID_BACKEND",
+                )
             )
         elif policy.backend != RULES and config.price(policy.backend) is None:
             violations.append(

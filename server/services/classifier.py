@@ -39,7 +39,7 @@ class Classifier:
         return validate_case(message)
 
     def steps(self, case: Case) -> AsyncIterator[StepResult]:
-        return self._pipeline.steps(case, self._configs.current.danger_zone_policy)
+        return self._pipeline.steps(case, self._configs.current)
 
     async def finish(
         self,

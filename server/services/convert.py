@@ -10,7 +10,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from server.calls import Role
 from server.pipeline.model import Cost, Finding, StepResult, TriageResult
-from server.runtime_config import RuntimeConfig, StepPolicy
+from server.runtime_config import Price, RuntimeConfig, StepPolicy
 from server.store.models import ApiKeyRecord, AuditEvent
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
@@ -193,3 +193,19 @@ def config_values(message: admin_service_pb2.Config) -> dict[str, object]:
         role_from_message(limit.role): limit.rate_limit for limit in message.default_rate_limits
     }
     return values
+
+
+_CIRCUITS = {
+    "closed": admin_service_pb2.CIRCUIT_STATE_CLOSED,
+    "open": admin_service_pb2.CIRCUIT_STATE_OPEN,
+    "half_open": admin_service_pb2.CIRCUIT_STATE_HALF_OPEN,
+}
+
+
+def backend_message(name: str, price: Price | None, circuit: str) -> admin_service_pb2.Backend:
+    message = admin_service_pb2.Backend(name=name, circuit_state=_CIRCUITS[circuit])
+    message.price.backend = name
+    if price is not None:
+        message.price.input_usd_micros_per_million_tokens = price.input_usd_micros_per_million_tokens
+        message.price.output_usd_micros_per_million_tokens = price.output_usd_micros_per_million_tokens
+    return message

@@ -199,19 +199,19 @@ async def test_admin_config_get_and_set(target: str) -> None:
     assert "price.openai:gpt-4o-mini=0.15,0.6" in out.splitlines()
 
     code, out, err = await run(
-        TRIAGE, "--target", target, "admin", "config", "set", "price.local:llama3=0,0", "step.high_risk=local:llama3",
-        "strategy.high_risk=most_urgent", "danger_zone_policy=flag_only", "budget.global_monthly_usd=50",
+        TRIAGE, "--target", target, "admin", "config", "set",
+        "price.openai:ft-triage=0.5,2", "step.high_risk=openai:ft-triage", "strategy.high_risk=most_urgent", "danger_zone_policy=flag_only", "budget.global_monthly_usd=50",
         "rate_limit.demo=5/hour",
     )  # fmt: skip
     assert code == 0, err
     lines = out.splitlines()
     assert "version=1" in lines
     for expected in (
-        "step.high_risk=local:llama3",
+        "step.high_risk=openai:ft-triage",
         "strategy.high_risk=most_urgent",
         "danger_zone_policy=flag_only",
         "budget.global_monthly_usd=50",
-        "price.local:llama3=0,0",
+        "price.openai:ft-triage=0.5,2",
         "rate_limit.demo=5/hour",
     ):
         assert expected in lines

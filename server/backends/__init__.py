@@ -1,0 +1,1 @@
+"""Step backends beyond the rules engine: models behind OpenAI-compatible APIs."""

@@ -1,0 +1,161 @@
+"""A step backend on any OpenAI-compatible chat-completions API, through the openai SDK.
+
+OpenAI, Azure OpenAI, vLLM, Ollama and llama.cpp's server all speak it. Each
+call gets the time the caller has left (less what the rules fallback and the
+audit need), is retried with backoff on transient faults (connection errors,
+timeouts, 429, 5xx) only while that time lasts, and goes through the
+backend's circuit breaker. Whatever happens, the caller gets either a reply
+(with its token counts, also for an answer that fails validation) or
+ModelUnavailable saying why, never an exception of the SDK's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import openai
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
+from tenacity.wait import wait_exponential_jitter
+
+from server.backends.answers import QUESTIONS, SYSTEM_PROMPT, describe_case
+from server.backends.circuit import CircuitBreaker
+from server.pipeline.model import Case
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+# Faults worth another try; anything else (400, 401, 404 ...) will not mend itself.
+TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+_MAX_ATTEMPTS = 3
+# Below this, an attempt could not finish: fall back instead.
+_MIN_ATTEMPT_SECONDS = 0.05
+
+
+class ModelUnavailable(Exception):
+    """The model gave no answer: `reason` is timeout, error, circuit open, or budget."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[Answer]):
+    """A model's reply: the validated answer, or None when it did not validate."""
+
+    answer: Answer | None
+    usage: Usage
+
+
+class OpenAICompatibleBackend:
+    """One model at one provider, e.g. openai:gpt-4o-mini."""
+
+    def __init__(
+        self, name: str, client: AsyncOpenAI, model: str, breaker: CircuitBreaker, *, max_output_tokens: int
+    ) -> None:
+        self.name = name
+        self.breaker = breaker
+        self._client = client
+        self._model = model
+        self._max_output_tokens = max_output_tokens
+
+    @property
+    def max_output_tokens(self) -> int:
+        return self._max_output_tokens
+
+    async def ask(self, question: str, case: Case, answer_type: type[Answer], *, seconds: float) -> Reply[Answer]:
+        """Asks `question` (a key of QUESTIONS) about `case`; the reply must fit `answer_type`."""
+        response = await self._call(
+            seconds,
+            messages=_messages(question, describe_case(case)),
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": question, "schema": answer_type.model_json_schema(), "strict": True},
+            },
+        )
+        usage = _usage(response.usage)
+        content = response.choices[0].message.content if response.choices else None
+        try:
+            return Reply(answer_type.model_validate_json(content or ""), usage)
+        except ValidationError:
+            return Reply(None, usage)
+
+    async def narrate(self, case: Case, summary: str, *, seconds: float) -> AsyncIterator[str | Usage]:
+        """Streams the narrative's text chunks, then its Usage last."""
+        stream = await self._call(
+            seconds,
+            messages=_messages("narrative", f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        usage = Usage()
+        try:
+            async with asyncio.timeout(seconds):
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = _usage(chunk.usage)
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            yield choice.delta.content
+        except (TimeoutError, openai.OpenAIError):
+            self.breaker.failed()
+            yield usage
+            raise ModelUnavailable("timeout or error while streaming") from None
+        yield usage
+
+    async def _call(self, seconds: float, **request: Any) -> Any:
+        if not self.breaker.allow():
+            raise ModelUnavailable("circuit open")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            stop=stop_after_attempt(_MAX_ATTEMPTS) | stop_before_delay(seconds),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    remaining = deadline - loop.time()
+                    if remaining < _MIN_ATTEMPT_SECONDS:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        response = await self._client.chat.completions.create(
+                            model=self._model,
+                            max_completion_tokens=self._max_output_tokens,
+                            temperature=0,
+                            timeout=remaining,
+                            **request,
+                        )
+        except (TimeoutError, openai.APITimeoutError):
+            self.breaker.failed()
+            raise ModelUnavailable("timeout") from None
+        except openai.OpenAIError as error:
+            self.breaker.failed()
+            raise ModelUnavailable(f"error ({type(error).__name__})") from None
+        self.breaker.succeeded()
+        return response
+
+
+def _messages(question: str, content: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{QUESTIONS[question]}"},
+        {"role": "user", "content": content},
+    ]
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    return Usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
