@@ -200,8 +200,8 @@ async def test_admin_config_get_and_set(target: str) -> None:
 
     code, out, err = await run(
         TRIAGE, "--target", target, "admin", "config", "set",
-        "price.openai:ft-triage=0.5,2", "step.high_risk=openai:ft-triage", "strategy.high_risk=most_urgent", "danger_zone_policy=flag_only", "budget.global_monthly_usd=50",
-        "rate_limit.demo=5/hour",
+        "price.openai:ft-triage=0.5,2", "step.high_risk=openai:ft-triage", "strategy.high_risk=most_urgent",
+        "danger_zone_policy=flag_only", "budget.global_monthly_usd=50", "rate_limit.demo=5/hour",
     )  # fmt: skip
     assert code == 0, err
     lines = out.splitlines()
