@@ -89,5 +89,5 @@ class ErrorInterceptor(ServerInterceptor):
         status = error.to_status()
         # Metadata the call gathered (request id, rate-limit headers) rides with the error.
         call = current_call()
-        extra = tuple(call.response_metadata) if call is not None else ()
+        extra = (*call.response_metadata, *call.trailers) if call is not None else ()
         await context.abort(status.code, status.details, (*status.trailing_metadata, *extra))

@@ -56,6 +56,7 @@ class ObservabilityInterceptor(ServerInterceptor):
         if isinstance(response, AsyncIterator):
             return self._stream(response, call, context)
         await context.send_initial_metadata(call.response_metadata)
+        context.set_trailing_metadata(call.trailers)
         self._finish(call, context, None)
         return response
 
@@ -70,8 +71,7 @@ class ObservabilityInterceptor(ServerInterceptor):
         except BaseException as error:
             self._finish(call, context, error)
             raise
-        if not headers_sent:
-            context.set_trailing_metadata(call.response_metadata)
+        context.set_trailing_metadata(call.trailers if headers_sent else [*call.response_metadata, *call.trailers])
         self._finish(call, context, None)
 
     def _finish(self, call: CallState, context: Context, error: BaseException | None) -> None:

@@ -13,12 +13,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import Engine
 
 from interceptors.auth import OPEN, AuthInterceptor, Policy
+from interceptors.cost import CostInterceptor
 from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorInterceptor
 from interceptors.observability import ObservabilityInterceptor
 from interceptors.rate_limit import RateLimitInterceptor
 from server import metrics
 from server.backends.registry import BackendRegistry, Provider
+from server.budgets import Budgets
 from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
@@ -37,6 +39,7 @@ from server.services.explain import EXPLAIN_METHOD, ExplainService
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.database import open_database
+from server.store.usage import UsageStore
 from server.tracing import start_tracing
 from triage.v1 import (
     admin_service_pb2,
@@ -97,6 +100,7 @@ class TriageServer:
         self._limiter: RateLimiter | None = None
         self._configs: RuntimeConfigs | None = None
         self._registry: BackendRegistry | None = None
+        self._budgets: Budgets | None = None
         self._tracer_provider: TracerProvider | None = None
         self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -118,19 +122,6 @@ class TriageServer:
         if settings.otlp_endpoint:
             self._tracer_provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
             tracer = self._tracer_provider.get_tracer("triage.pipeline")
-        registry = BackendRegistry(
-            {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
-            max_output_tokens=settings.model_max_output_tokens,
-            circuit_failure_threshold=settings.circuit_failure_threshold,
-            circuit_open_seconds=settings.circuit_open_seconds,
-        )
-        self._registry = registry
-        pipeline = Pipeline(
-            rules,
-            danger_zone_policy=settings.danger_zone_policy,
-            advisor=Advisor(registry, max_seconds=settings.model_max_seconds),
-            tracer=tracer,
-        )
         configs = RuntimeConfigs(
             ConfigStore(engine),
             default_config(
@@ -141,6 +132,23 @@ class TriageServer:
         )
         self._configs = configs
         await configs.start()
+        registry = BackendRegistry(
+            {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
+            max_output_tokens=settings.model_max_output_tokens,
+            circuit_failure_threshold=settings.circuit_failure_threshold,
+            circuit_open_seconds=settings.circuit_open_seconds,
+        )
+        self._registry = registry
+        usage = UsageStore(engine)
+        budgets = Budgets(usage, configs)
+        self._budgets = budgets
+        await budgets.start()
+        pipeline = Pipeline(
+            rules,
+            danger_zone_policy=settings.danger_zone_policy,
+            advisor=Advisor(registry, budgets, max_seconds=settings.model_max_seconds),
+            tracer=tracer,
+        )
         classifier = Classifier(pipeline, audit, secret, configs)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
@@ -150,13 +158,13 @@ class TriageServer:
         self._limiter = limiter
 
         server = aio.server(
-            interceptors=self._interceptors(api_keys, limiter, configs),
+            interceptors=self._interceptors(api_keys, limiter, configs, usage),
             options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(audit, key_store, secret, api_keys, configs, registry), server
+            AdminService(audit, key_store, secret, api_keys, configs, registry, usage), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
@@ -186,7 +194,7 @@ class TriageServer:
         return self.port
 
     def _interceptors(
-        self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter, configs: RuntimeConfigs
+        self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter, configs: RuntimeConfigs, usage: UsageStore
     ) -> list[aio.ServerInterceptor]:
         """The chain, outermost first, in DESIGN.md's order."""
         settings = self.settings
@@ -217,6 +225,7 @@ class TriageServer:
                 minimum_seconds=settings.min_deadline_seconds,
             ),
             RateLimitInterceptor(limiter, lambda: configs.current.default_rate_limits),
+            CostInterceptor(usage),
         ]
         return chain
 
@@ -240,6 +249,8 @@ class TriageServer:
             await self._configs.stop()
         if self._registry is not None:
             await self._registry.close()
+        if self._budgets is not None:
+            await self._budgets.stop()
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:

@@ -41,6 +41,25 @@ class Principal:
     key_id: str = ""
     # The caller's own rate limit ("10/second;1000/hour"); empty means the role's default.
     rate_limit: str = ""
+    # The caller's own monthly model budget (0: none), and whether spending it refuses calls.
+    monthly_budget_usd_micros: int = 0
+    refuse_over_budget: bool = False
+
+    @property
+    def account(self) -> str:
+        """What audit records, usage and budgets are kept under: the key id, else the subject."""
+        return self.key_id or self.subject
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One model call's use: the step, the backend, tokens and cost."""
+
+    step: int
+    backend: str
+    input_tokens: int
+    output_tokens: int
+    usd_micros: int
 
 
 @dataclass(slots=True)
@@ -56,8 +75,12 @@ class CallState:
     deadline: float | None = None
     # Set when a classification is made, for the access log and metrics.
     esi_level: int | None = None
-    # Metadata for the caller, sent with the response or its error.
+    # Metadata for the caller: headers, sent with the response or its error ...
     response_metadata: list[tuple[str, str]] = field(default_factory=list)
+    # ... and trailers, known only at the end (the call's cost).
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    # What the call's model steps used, as they used it: settled even if the call is cancelled.
+    ledger: list[LedgerEntry] = field(default_factory=list)
 
     def remaining_seconds(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

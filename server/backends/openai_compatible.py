@@ -73,6 +73,11 @@ class OpenAICompatibleBackend:
     def max_output_tokens(self) -> int:
         return self._max_output_tokens
 
+    def input_tokens_at_most(self, question: str, content: str) -> int:
+        """A generous bound on the prompt's tokens (a token is rarely under 3 characters)."""
+        messages = _messages(question, content)
+        return sum(len(m["content"]) for m in messages) // 3 + 16 * len(messages)
+
     async def ask(self, question: str, case: Case, answer_type: type[Answer], *, seconds: float) -> Reply[Answer]:
         """Asks `question` (a key of QUESTIONS) about `case`; the reply must fit `answer_type`."""
         response = await self._call(

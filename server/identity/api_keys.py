@@ -55,6 +55,7 @@ def issue_key(
     rate_limit: str = "",
     expires_in: timedelta | None = None,
     monthly_budget_usd_micros: int = 0,
+    refuse_over_budget: bool = False,
 ) -> IssuedKey:
     """Creates a key in the store (synchronously) and returns it with its secret."""
     now = datetime.now(UTC)
@@ -67,6 +68,7 @@ def issue_key(
         secret_hmac_sha256=_digest(server_secret, secret),
         rate_limit=rate_limit,
         monthly_budget_usd_micros=monthly_budget_usd_micros,
+        refuse_over_budget=refuse_over_budget,
         created_at=now,
         expires_at=now + expires_in if expires_in is not None else None,
     )
@@ -131,7 +133,12 @@ class ApiKeyAuthenticator:
         if record is None or not matches or not _usable(record, datetime.now(UTC)):
             return None
         return Principal(
-            subject=f"key:{record.key_id}", role=Role(record.role), key_id=record.key_id, rate_limit=record.rate_limit
+            subject=f"key:{record.key_id}",
+            role=Role(record.role),
+            key_id=record.key_id,
+            rate_limit=record.rate_limit,
+            monthly_budget_usd_micros=record.monthly_budget_usd_micros,
+            refuse_over_budget=record.refuse_over_budget,
         )
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from server.backends.answers import HighRiskAnswer, ResourcesAnswer
+from server.backends.answers import HighRiskAnswer, ResourcesAnswer, describe_case
 from server.backends.openai_compatible import ModelUnavailable, Reply
 from server.backends.registry import BackendRegistry
-from server.calls import current_call
+from server.budgets import Budgets, OverBudget
+from server.calls import LedgerEntry, current_call
+from server.errors import ResourceExhausted
 from server.esi.tables import RESOURCE_LABELS
 from server.pipeline.model import (
     STEP_HIGH_RISK,
@@ -34,20 +36,22 @@ from server.pipeline.model import (
     StepResult,
     Warning,
 )
-from server.runtime_config import RULES, RuntimeConfig, StepPolicy
+from server.runtime_config import RULES, Price, RuntimeConfig, StepPolicy
 from triage.v1 import classification_pb2
 
 # Time kept back from the caller's deadline for the rules fallback, the audit and the answer.
 RESERVE_SECONDS = 0.25
 _COMPLEX_WEIGHT = 2
 _MODEL_CERTAINTY = 0.7
+FREE = Price(input_usd_micros_per_million_tokens=0, output_usd_micros_per_million_tokens=0)
 
 
 class Advisor:
     """Asks the configured model about B and C and combines its answer with the rules'."""
 
-    def __init__(self, registry: BackendRegistry, *, max_seconds: float) -> None:
+    def __init__(self, registry: BackendRegistry, budgets: Budgets, *, max_seconds: float) -> None:
         self.registry = registry
+        self.budgets = budgets
         self._max_seconds = max_seconds
 
     def policy(self, step: Step, config: RuntimeConfig) -> StepPolicy | None:
@@ -66,35 +70,65 @@ class Advisor:
         return max(0.0, min(self._max_seconds, remaining - RESERVE_SECONDS))
 
     async def advise(self, rules: StepResult, case: Case, policy: StepPolicy, config: RuntimeConfig) -> StepResult:
-        """The step's result after asking the model; the rules' result when it cannot help."""
+        """The step's result after asking the model; the rules' result when it cannot help.
+
+        The call's worst-case cost is reserved against the budgets first and
+        settled after, also when the caller cancels mid-call (then at the worst
+        case: the provider bills what it has started).
+        """
         backend = self.registry.model(policy.backend)
-        price = config.price(policy.backend)
-        reply: Reply[HighRiskAnswer] | Reply[ResourcesAnswer]
+        question = "high_risk" if rules.step == STEP_HIGH_RISK else "resources"
+        price = config.price(policy.backend) or FREE
+        call = current_call()
+        principal = call.principal if call is not None else None
+        input_at_most = backend.input_tokens_at_most(question, describe_case(case))
+        worst = price.cost_usd_micros(input_at_most, backend.max_output_tokens)
+        reservation = None
+        if worst > 0:  # free backends are never held back by a budget
+            try:
+                reservation = self.budgets.reserve(principal, worst)
+            except OverBudget as over:
+                if principal is not None and principal.refuse_over_budget:
+                    raise ResourceExhausted(
+                        f"the {over.scope} model budget for this month is spent",
+                        subject=principal.account if over.scope == "key" else "global",
+                        description=f"{over.scope} monthly model budget",
+                        retry_after=None,
+                    ) from None
+                return fallback(rules, backend.name, f"the {over.scope} budget is spent")
+        used = Cost(worst, input_at_most, backend.max_output_tokens)
         try:
-            if rules.step == STEP_HIGH_RISK:
-                reply = await backend.ask("high_risk", case, HighRiskAnswer, seconds=self.seconds())
+            reply: Reply[HighRiskAnswer] | Reply[ResourcesAnswer]
+            if question == "high_risk":
+                reply = await backend.ask(question, case, HighRiskAnswer, seconds=self.seconds())
             else:
-                reply = await backend.ask("resources", case, ResourcesAnswer, seconds=self.seconds())
+                reply = await backend.ask(question, case, ResourcesAnswer, seconds=self.seconds())
+            usage = reply.usage
+            used = Cost(
+                price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
+            )
         except ModelUnavailable as unavailable:
+            used = Cost()  # no answer, no tokens billed
             return fallback(rules, backend.name, unavailable.reason)
-        usage = reply.usage
-        cost = Cost(
-            price.cost_usd_micros(usage.input_tokens, usage.output_tokens) if price is not None else 0,
-            usage.input_tokens,
-            usage.output_tokens,
-        )
+        finally:
+            if reservation is not None:
+                self.budgets.settle(reservation, used.usd_micros, principal)
+            if call is not None and used != Cost():
+                call.ledger.append(
+                    LedgerEntry(rules.step, backend.name, used.input_tokens, used.output_tokens, used.usd_micros)
+                )
         if reply.answer is None:
             warning = Warning(
                 "model_invalid_answer",
                 "",
                 f"{backend.name} answered in the wrong format; its answer was discarded and the rules' stands",
             )
-            return dataclasses.replace(rules, warnings=(*rules.warnings, warning), cost=cost)
+            return dataclasses.replace(rules, warnings=(*rules.warnings, warning), cost=used)
         if isinstance(reply.answer, HighRiskAnswer):
             combined = combine_high_risk(rules, reply.answer, backend.name)
         else:
             combined = combine_resources(rules, reply.answer, backend.name, policy.strategy)
-        return dataclasses.replace(combined, cost=cost)
+        return dataclasses.replace(combined, cost=used)
 
 
 def fallback(rules: StepResult, backend: str, reason: str) -> StepResult:

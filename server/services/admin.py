@@ -1,8 +1,4 @@
-"""AdminService: runtime configuration, backends, API keys and the audit log; usage later.
-
-The RPCs not yet built answer UNIMPLEMENTED with a message saying so; their
-messages are already in the contract so that clients can be written today.
-"""
+"""AdminService: runtime configuration, backends, API keys, usage and the audit log."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ import asyncio
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from google.rpc import error_details_pb2
@@ -18,8 +14,9 @@ from grpc import aio
 from pydantic import ValidationError
 
 from server.backends.registry import BackendRegistry
+from server.budgets import month_start
 from server.calls import current_call
-from server.errors import InvalidArgument, NotFound, Unimplemented, field_violation
+from server.errors import InvalidArgument, NotFound, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
 from server.ids import is_id
 from server.rate_limits import parse_limits
@@ -29,12 +26,15 @@ from server.services.convert import (
     api_key_message,
     audit_event_message,
     backend_message,
+    budget_message,
     config_message,
     config_values,
     role_from_message,
+    usage_message,
 )
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
+from server.store.usage import UsageStore
 from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
@@ -53,7 +53,9 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         authenticator: ApiKeyAuthenticator,
         configs: RuntimeConfigs,
         backends: BackendRegistry,
+        usage: UsageStore,
     ) -> None:
+        self._usage = usage
         self._configs = configs
         self._backends = backends
         self._audit = audit
@@ -118,7 +120,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         config = validated_config(config_values(merged), self._backends)
         call = current_call()
         principal = call.principal if call is not None else None
-        who = (principal.key_id or principal.subject) if principal is not None else ""
+        who = principal.account if principal is not None else ""
         updated = await self._configs.update(
             config, expected_version=request.expected_version, changed_paths=paths, by=who
         )
@@ -157,6 +159,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
             rate_limit=request.rate_limit,
             expires_in=expires_in,
             monthly_budget_usd_micros=request.monthly_budget_usd_micros,
+            refuse_over_budget=request.refuse_over_budget,
         )
         self._authenticator.remember(issued.record)
         return admin_service_pb2.CreateApiKeyResponse(api_key=api_key_message(issued.record), secret=issued.secret)
@@ -189,12 +192,30 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         self._authenticator.remember(record)
         return admin_service_pb2.RevokeApiKeyResponse(api_key=api_key_message(record))
 
-    async def GetUsage(self, request: Any, context: Any) -> Any:  # noqa: N802
-        raise _later("GetUsage", "cost accounting")
-
-
-def _later(rpc: str, feature: str) -> Unimplemented:
-    return Unimplemented(f"{rpc} is not implemented yet: it arrives with {feature}")
+    async def GetUsage(  # noqa: N802 - the RPC's name
+        self, request: admin_service_pb2.GetUsageRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_service_pb2.GetUsageResponse:
+        now = datetime.now(UTC)
+        month = month_start(now.date())
+        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        first_day = start.date() if start is not None else month
+        if end <= datetime.combine(first_day, time.min, UTC):
+            raise InvalidArgument([field_violation("end_time", "must be after start_time", "OUT_OF_RANGE")])
+        # Totals are kept per day: a range covers the days it touches.
+        last_day = (end - timedelta(microseconds=1)).date()
+        totals = await asyncio.to_thread(self._usage.totals, first_day, last_day, request.key_id or None)
+        spent = await asyncio.to_thread(self._usage.spent_since, month)
+        keys = await asyncio.to_thread(self._keys.all)
+        budgets = [
+            budget_message("", self._configs.current.global_monthly_budget_usd_micros, sum(spent.values()), month)
+        ]
+        budgets += [
+            budget_message(key.key_id, key.monthly_budget_usd_micros, spent.get(key.key_id, 0), month)
+            for key in keys
+            if key.monthly_budget_usd_micros and request.key_id in ("", key.key_id)
+        ]
+        return admin_service_pb2.GetUsageResponse(usage=[usage_message(t) for t in totals], budgets=budgets)
 
 
 def _range_key(start: datetime | None, end: datetime | None) -> str:

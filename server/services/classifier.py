@@ -68,7 +68,7 @@ class Classifier:
                 "input_hmac_sha256": digest,
                 "confidence": result.confidence,
                 "case_ref": message.case_ref,
-                "key_id": principal.key_id or principal.subject if principal is not None else "",
+                "key_id": principal.account if principal is not None else "",
                 "request_id": call.request_id if call is not None else "",
                 "cost_usd_micros": cost.usd_micros,
                 "input_tokens": cost.input_tokens,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -11,7 +11,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from server.calls import Role
 from server.pipeline.model import Cost, Finding, StepResult, TriageResult
 from server.runtime_config import Price, RuntimeConfig, StepPolicy
-from server.store.models import ApiKeyRecord, AuditEvent
+from server.store.models import ApiKeyRecord, AuditEvent, UsageTotal
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
 
@@ -119,6 +119,7 @@ def api_key_message(record: ApiKeyRecord) -> admin_service_pb2.ApiKey:
         role=role_message(Role(record.role)),
         rate_limit=record.rate_limit,
         monthly_budget_usd_micros=record.monthly_budget_usd_micros,
+        refuse_over_budget=record.refuse_over_budget,
         created_at=timestamp(record.created_at),
     )
     if record.expires_at is not None:
@@ -209,3 +210,27 @@ def backend_message(name: str, price: Price | None, circuit: str) -> admin_servi
         message.price.input_usd_micros_per_million_tokens = price.input_usd_micros_per_million_tokens
         message.price.output_usd_micros_per_million_tokens = price.output_usd_micros_per_million_tokens
     return message
+
+
+def usage_message(total: UsageTotal) -> admin_service_pb2.UsageRecord:
+    return admin_service_pb2.UsageRecord(
+        key_id=total.key_id,
+        day_start=timestamp(datetime.combine(total.day, time.min, UTC)),
+        step=classification_pb2.Step.ValueType(total.step),
+        backend=total.backend,
+        requests=total.requests,
+        cost=classification_pb2.Cost(
+            usd_micros=total.usd_micros, input_tokens=total.input_tokens, output_tokens=total.output_tokens
+        ),
+    )
+
+
+def budget_message(
+    key_id: str, limit_usd_micros: int, spent_usd_micros: int, month: date
+) -> admin_service_pb2.BudgetStatus:
+    return admin_service_pb2.BudgetStatus(
+        key_id=key_id,
+        limit_usd_micros=limit_usd_micros,
+        spent_usd_micros=spent_usd_micros,
+        month_start=timestamp(datetime.combine(month, time.min, UTC)),
+    )

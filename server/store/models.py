@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
@@ -51,6 +51,8 @@ class ApiKeyRecord(SQLModel, table=True):
     rate_limit: str = Field(default="", max_length=200)
     # 0: no budget of its own (the global budget still applies).
     monthly_budget_usd_micros: int = 0
+    # Over budget: refuse calls (True) or let model steps fall back to the rules (False).
+    refuse_over_budget: bool = False
     created_at: datetime = Field(sa_type=DateTime(timezone=True))
     expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -68,3 +70,18 @@ class ConfigVersionRecord(SQLModel, table=True):
     updated_by: str = Field(max_length=64)
     # The field-mask paths that changed, space-separated.
     changed_paths: str = Field(default="", max_length=2000)
+
+
+class UsageTotal(SQLModel, table=True):
+    """Model usage of one key on one day at one step through one backend."""
+
+    __tablename__ = "usage_totals"
+
+    key_id: str = Field(primary_key=True, max_length=64)
+    day: date = Field(primary_key=True)
+    step: int = Field(primary_key=True)
+    backend: str = Field(primary_key=True, max_length=128)
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd_micros: int = 0

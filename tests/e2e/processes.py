@@ -21,7 +21,17 @@ class ServerProcess:
         """Collects the rest of the JSON log lines until the process exits."""
         assert self.process.stderr is not None
         async for line in self.process.stderr:
-            self.log.append(json.loads(line))
+            self.log.append(parse_line(line))
+
+
+def parse_line(line: bytes) -> dict[str, object]:
+    """A JSON log line; anything else (a C library writing to stderr) is kept as raw text."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return {"event": "raw", "text": line.decode(errors="replace")}
+    assert isinstance(entry, dict)
+    return entry
 
 
 def server_environment(directory: Path) -> dict[str, str]:
@@ -60,7 +70,7 @@ async def start_server(directory: Path, **env: str) -> ServerProcess:
     log: list[dict[str, object]] = []
     async with asyncio.timeout(30):
         async for line in process.stderr:
-            entry = json.loads(line)
+            entry = parse_line(line)
             log.append(entry)
             if entry.get("event") == "serving":
                 return ServerProcess(process, int(str(entry["port"])), log)

@@ -24,7 +24,6 @@ from triage_client import (
     NotFound,
     TriageClient,
     Unavailable,
-    Unimplemented,
     from_rpc_error,
 )
 
@@ -193,12 +192,6 @@ async def test_explain_by_id_needs_case_storage(client: AsyncTriageClient) -> No
     with pytest.raises(InvalidArgument):
         async for _ in client.explain(classification_id="not-an-id"):
             pass
-
-
-@pytest.mark.parametrize("rpc", ["get_usage"], ids=lambda r: str(r))
-async def test_admin_rpcs_of_later_issues_are_unimplemented(client: AsyncTriageClient, rpc: str) -> None:
-    with pytest.raises(Unimplemented, match="not implemented yet"):
-        await getattr(client, rpc)()
 
 
 async def test_audit_events_page_through_in_order(client: AsyncTriageClient) -> None:

@@ -486,6 +486,7 @@ class CreateApiKeyRequest(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     MONTHLY_BUDGET_USD_MICROS_FIELD_NUMBER: _builtins.int
+    REFUSE_OVER_BUDGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is a human-readable name, such as the integration that will use it."""
     role: Global___Role.ValueType
@@ -495,6 +496,11 @@ class CreateApiKeyRequest(_message.Message):
     monthly_budget_usd_micros: _builtins.int
     """monthly_budget_usd_micros is the key's spending limit on model calls per
     calendar month, in millionths of a US dollar; zero means no key budget.
+    """
+    refuse_over_budget: _builtins.bool
+    """refuse_over_budget, when true, refuses the key's calls with
+    RESOURCE_EXHAUSTED once its budget or the global one is spent; when false
+    (the default) model steps fall back to the rules and the call is answered.
     """
     @_builtins.property
     def expires_in(self) -> _duration_pb2.Duration:
@@ -508,10 +514,11 @@ class CreateApiKeyRequest(_message.Message):
         rate_limit: _builtins.str = ...,
         expires_in: _duration_pb2.Duration | None = ...,
         monthly_budget_usd_micros: _builtins.int = ...,
+        refuse_over_budget: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_in", b"expires_in"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in", b"expires_in", "monthly_budget_usd_micros", b"monthly_budget_usd_micros", "name", b"name", "rate_limit", b"rate_limit", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in", b"expires_in", "monthly_budget_usd_micros", b"monthly_budget_usd_micros", "name", b"name", "rate_limit", b"rate_limit", "refuse_over_budget", b"refuse_over_budget", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +568,7 @@ class ApiKey(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    REFUSE_OVER_BUDGET_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """key_id is the key's public id."""
     name: _builtins.str
@@ -571,6 +579,10 @@ class ApiKey(_message.Message):
     """rate_limit is the key's own rate limit; empty means the role's default."""
     monthly_budget_usd_micros: _builtins.int
     """monthly_budget_usd_micros is the key's monthly budget; zero means none."""
+    refuse_over_budget: _builtins.bool
+    """refuse_over_budget says what happens when a budget is spent: true
+    refuses calls with RESOURCE_EXHAUSTED, false falls back to the rules.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """created_at is when the key was created."""
@@ -594,10 +606,11 @@ class ApiKey(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        refuse_over_budget: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "key_id", b"key_id", "monthly_budget_usd_micros", b"monthly_budget_usd_micros", "name", b"name", "rate_limit", b"rate_limit", "revoked_at", b"revoked_at", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "key_id", b"key_id", "monthly_budget_usd_micros", b"monthly_budget_usd_micros", "name", b"name", "rate_limit", b"rate_limit", "refuse_over_budget", b"refuse_over_budget", "revoked_at", b"revoked_at", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,6 +86,11 @@ class _StepEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Step.ValueType],
     """
     STEP_REVIEW: _Step.ValueType  # 5
     """STEP_REVIEW is the final review: safety floors, confidence and rationale."""
+    STEP_NARRATIVE: _Step.ValueType  # 6
+    """STEP_NARRATIVE is the plain-language narrative a model may write for
+    Explain. It is not a decision point and never changes the level; it
+    appears in usage and cost reports.
+    """
 
 class Step(_Step, metaclass=_StepEnumTypeWrapper):
     """Step is a step of the triage pipeline: the four ESI decision points, then a
@@ -110,6 +115,11 @@ danger zone?
 """
 STEP_REVIEW: Step.ValueType  # 5
 """STEP_REVIEW is the final review: safety floors, confidence and rationale."""
+STEP_NARRATIVE: Step.ValueType  # 6
+"""STEP_NARRATIVE is the plain-language narrative a model may write for
+Explain. It is not a decision point and never changes the level; it
+appears in usage and cost reports.
+"""
 Global___Step: _TypeAlias = Step  # noqa: Y015
 
 class _ResourceKind:

@@ -1,0 +1,57 @@
+"""The innermost interceptor: what the call's model steps cost, accounted for and reported.
+
+Model steps write each call they make into the call's ledger as it returns
+(advice.py); this interceptor, when the call ends however it ends (answered,
+failed, or cancelled by the caller mid-stream), adds the ledger to the usage
+totals per key, day, step and backend and reports the total as the
+`x-cost-usd` trailer. Budgets are checked before each model call, where the
+worst case is known (server/budgets.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
+from server.calls import CallState, current_call
+from server.store.usage import UsageStore
+
+COST_TRAILER = "x-cost-usd"
+
+
+class CostInterceptor(ServerInterceptor):
+    def __init__(self, usage: UsageStore) -> None:
+        super().__init__()
+        self._usage = usage
+
+    async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
+        call = current_call()
+        if call is None or call.principal is None:
+            return await call_through(method, request, context)
+        try:
+            response = await call_through(method, request, context)
+        except BaseException:
+            await self._account(call)
+            raise
+        if isinstance(response, AsyncIterator):
+            return self._stream(response, call)
+        await self._account(call)
+        return response
+
+    async def _stream(self, responses: AsyncIterator[Any], call: CallState) -> AsyncIterator[Any]:
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            await self._account(call)
+
+    async def _account(self, call: CallState) -> None:
+        usd_micros = sum(entry.usd_micros for entry in call.ledger)
+        call.trailers.append((COST_TRAILER, f"{usd_micros / 1_000_000:.6f}"))
+        if call.ledger and call.principal is not None:
+            write = asyncio.to_thread(self._usage.add, call.principal.account, datetime.now(UTC).date(), call.ledger)
+            # Shielded: a caller that cancels still gets what it used written down.
+            await asyncio.shield(write)

@@ -1,0 +1,68 @@
+"""Model usage totals per key, day, step and backend, and what each month has cost.
+
+Synchronous: called from worker threads. Totals are added with an upsert
+(INSERT ... ON CONFLICT DO UPDATE), one statement per call that used a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy import Engine, func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from server.calls import LedgerEntry
+from server.store.models import UsageTotal
+
+_TABLE = UsageTotal.__table__  # type: ignore[attr-defined]
+_SUMMED = ("requests", "input_tokens", "output_tokens", "usd_micros")
+
+
+class UsageStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def add(self, key_id: str, day: date, entries: Sequence[LedgerEntry]) -> None:
+        """Adds one call's ledger to the totals, in one transaction."""
+        totals: dict[tuple[int, str], dict[str, int]] = {}
+        for entry in entries:
+            row = totals.setdefault((entry.step, entry.backend), dict.fromkeys(_SUMMED, 0))
+            row["requests"] = 1  # one call, however many attempts
+            row["input_tokens"] += entry.input_tokens
+            row["output_tokens"] += entry.output_tokens
+            row["usd_micros"] += entry.usd_micros
+        if not totals:
+            return
+        rows = [
+            {"key_id": key_id, "day": day, "step": step, "backend": backend, **values}
+            for (step, backend), values in totals.items()
+        ]
+        statement = self._insert(_TABLE).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["key_id", "day", "step", "backend"],
+            set_={name: _TABLE.c[name] + statement.excluded[name] for name in _SUMMED},
+        )
+        with self._engine.begin() as connection:
+            connection.execute(statement)
+
+    def spent_since(self, first_day: date) -> dict[str, int]:
+        """Micro-dollars spent per key from `first_day` on."""
+        query = (
+            select(UsageTotal.key_id, func.sum(UsageTotal.usd_micros))
+            .where(col(UsageTotal.day) >= first_day)
+            .group_by(col(UsageTotal.key_id))
+        )
+        with Session(self._engine) as session:
+            return {key_id: int(spent or 0) for key_id, spent in session.exec(query)}
+
+    def totals(self, first_day: date, last_day: date, key_id: str | None) -> list[UsageTotal]:
+        """The totals of the days from `first_day` to `last_day` inclusive, oldest first."""
+        query = select(UsageTotal).where(col(UsageTotal.day) >= first_day, col(UsageTotal.day) <= last_day)
+        if key_id:
+            query = query.where(col(UsageTotal.key_id) == key_id)
+        query = query.order_by(col(UsageTotal.day), col(UsageTotal.key_id), col(UsageTotal.step))
+        with Session(self._engine) as session:
+            return list(session.exec(query))
