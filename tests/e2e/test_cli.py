@@ -224,6 +224,17 @@ async def test_admin_config_get_and_set(target: str) -> None:
     assert "most_urgent" in err
 
 
+async def test_admin_backends_and_usage(target: str) -> None:
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "backends")
+    assert code == 0
+    assert any(line.startswith("openai:gpt-4o-mini  input 0.15 output 0.6") for line in out.splitlines())
+    assert "rules  input 0 output 0 USD per million tokens  circuit closed" in out
+
+    code, out, _ = await run(TRIAGE, "--target", target, "admin", "usage")
+    assert code == 0
+    assert "budget global: 0.000000 USD of 20.000000 USD (0%)" in out
+
+
 async def test_evaluate_reports_agreement_and_a_confusion_matrix() -> None:
     code, out, _ = await run(TRIAGE_SERVER, "evaluate", str(DEMO_CSV))
 

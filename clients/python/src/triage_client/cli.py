@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "danger_zone_policy=flag_only budget.global_monthly_usd=20 price.local:llama3=0,0 rate_limit.demo=20/day",
     )
     config_set.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    admin_commands.add_parser("backends", help="list step backends with their prices and circuit state")
+    usage = admin_commands.add_parser("usage", help="model usage and cost by key, day, step and backend; budgets")
+    usage.add_argument("--since", type=datetime.fromisoformat, help="start (ISO 8601); default: this month")
+    usage.add_argument("--until", type=datetime.fromisoformat, help="end (ISO 8601, exclusive); default: now")
+    usage.add_argument("--key", default="", help="one key's usage only")
     keys = admin_commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create a key; its secret is printed once, on the last line")
@@ -256,6 +261,12 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO = sys.stdin, stdout: T
                 return _manage_keys(client, args, stdout, as_json)
             if args.admin_command == "config":
                 return _config(client, args, stdout, as_json, parser)
+            if args.admin_command == "backends":
+                for backend in client.list_backends(timeout=args.timeout).backends:
+                    print(_json(backend) if as_json else _format_backend(backend), file=stdout)
+                return 0
+            if args.admin_command == "usage":
+                return _usage(client, args, stdout, as_json)
             events = client.iter_audit_events(start_time=args.since, end_time=args.until)
             for shown, event in enumerate(events, start=1):
                 print(_json(event) if as_json else _format_audit(event), file=stdout)
@@ -407,6 +418,47 @@ def _number(text: str, key: str) -> float:
         return float(text)
     except ValueError:
         raise ValueError(f"{key}: {text!r} is not a number") from None
+
+
+def _usd(micros: int) -> str:
+    return f"{micros / 1_000_000:.6f} USD"
+
+
+def _format_backend(backend: admin_service_pb2.Backend) -> str:
+    price = backend.price
+    circuit = _enum_word(admin_service_pb2.CircuitState.DESCRIPTOR, backend.circuit_state, "CIRCUIT_STATE_")
+    return (
+        f"{backend.name}  input {price.input_usd_micros_per_million_tokens / 1e6:g} "
+        f"output {price.output_usd_micros_per_million_tokens / 1e6:g} USD per million tokens  circuit {circuit}"
+    )
+
+
+def _usage(client: TriageClient, args: argparse.Namespace, stdout: TextIO, as_json: bool) -> int:
+    request = admin_service_pb2.GetUsageRequest(key_id=args.key)
+    if args.since is not None:
+        request.start_time.FromDatetime(args.since)
+    if args.until is not None:
+        request.end_time.FromDatetime(args.until)
+    report = client.get_usage(request, timeout=args.timeout)
+    if as_json:
+        print(_json(report), file=stdout)
+        return 0
+    for row in report.usage:
+        step = _enum_word(classification_pb2.Step.DESCRIPTOR, row.step, "STEP_")
+        print(
+            f"{row.day_start.ToDatetime():%Y-%m-%d}  {row.key_id or '-'}  {step}  {row.backend}  {row.requests} calls  "
+            f"{row.cost.input_tokens}+{row.cost.output_tokens} tokens  {_usd(row.cost.usd_micros)}",
+            file=stdout,
+        )
+    for budget in report.budgets:
+        whose = f"key {budget.key_id}" if budget.key_id else "global"
+        share = budget.spent_usd_micros / budget.limit_usd_micros if budget.limit_usd_micros else 0.0
+        print(
+            f"budget {whose}: {_usd(budget.spent_usd_micros)} of {_usd(budget.limit_usd_micros)} ({share:.0%}) "
+            f"since {budget.month_start.ToDatetime():%Y-%m-%d}",
+            file=stdout,
+        )
+    return 0
 
 
 def _format_key(key: admin_service_pb2.ApiKey) -> str:
