@@ -17,9 +17,11 @@ inside the caller's deadline, and a finding or warning says so.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from server.backends.answers import HighRiskAnswer, ResourcesAnswer, describe_case
-from server.backends.openai_compatible import ModelUnavailable, Reply
+from server.backends.openai_compatible import ModelUnavailable, Reply, Usage
 from server.backends.registry import BackendRegistry
 from server.budgets import Budgets, OverBudget
 from server.calls import LedgerEntry, current_call
@@ -27,6 +29,7 @@ from server.errors import ResourceExhausted
 from server.esi.tables import RESOURCE_LABELS
 from server.pipeline.model import (
     STEP_HIGH_RISK,
+    STEP_NARRATIVE,
     STEP_RESOURCES,
     Case,
     Cost,
@@ -129,6 +132,67 @@ class Advisor:
         else:
             combined = combine_resources(rules, reply.answer, backend.name, policy.strategy)
         return dataclasses.replace(combined, cost=used)
+
+    async def narrate(
+        self, case: Case, summary: str, config: RuntimeConfig, narration: Narration
+    ) -> AsyncIterator[str]:
+        """Streams the configured model's narrative of `summary`; nothing when none is configured.
+
+        What it cost, and a warning if it broke off, are left in `narration`.
+        A caller that cancels mid-stream is charged what it received.
+        """
+        name = config.narrative.backend
+        if name == RULES:
+            return
+        backend = self.registry.model(name)
+        price = config.price(name) or FREE
+        call = current_call()
+        principal = call.principal if call is not None else None
+        content = f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"
+        input_at_most = backend.input_tokens_at_most("narrative", content)
+        worst = price.cost_usd_micros(input_at_most, backend.max_output_tokens)
+        reservation = None
+        if worst > 0:
+            try:
+                reservation = self.budgets.reserve(principal, worst)
+            except OverBudget as over:
+                narration.warning = Warning(
+                    "narrative_unavailable", "", f"no narrative: the {over.scope} budget is spent"
+                )
+                return
+        received = 0
+        usage: Usage | None = None
+        try:
+            async for item in backend.narrate(case, summary, seconds=self.seconds()):
+                if isinstance(item, Usage):
+                    usage = item
+                else:
+                    received += len(item)
+                    yield item
+        except ModelUnavailable as unavailable:
+            narration.warning = Warning("narrative_unavailable", "", f"the narrative broke off ({unavailable.reason})")
+        finally:
+            if usage is None or usage == Usage():
+                # Cut short before the provider reported usage: count what was sent and received.
+                usage = Usage(input_at_most if received else 0, received // 3)
+            cost = Cost(
+                price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
+            )
+            narration.cost = cost
+            if reservation is not None:
+                self.budgets.settle(reservation, cost.usd_micros, principal)
+            if call is not None and cost != Cost():
+                call.ledger.append(
+                    LedgerEntry(STEP_NARRATIVE, name, usage.input_tokens, usage.output_tokens, cost.usd_micros)
+                )
+
+
+@dataclass
+class Narration:
+    """What a narrative cost, and what went wrong with it, once it has been streamed."""
+
+    cost: Cost = field(default_factory=Cost)
+    warning: Warning | None = None
 
 
 def fallback(rules: StepResult, backend: str, reason: str) -> StepResult:

@@ -21,6 +21,7 @@ STEP_HIGH_RISK = classification_pb2.STEP_HIGH_RISK
 STEP_RESOURCES = classification_pb2.STEP_RESOURCES
 STEP_DANGER_ZONE_VITALS = classification_pb2.STEP_DANGER_ZONE_VITALS
 STEP_REVIEW = classification_pb2.STEP_REVIEW
+STEP_NARRATIVE = classification_pb2.STEP_NARRATIVE
 
 STEP_LETTERS: dict[Step, str] = {
     STEP_LIFE_SAVING: "A",
@@ -28,6 +29,7 @@ STEP_LETTERS: dict[Step, str] = {
     STEP_RESOURCES: "C",
     STEP_DANGER_ZONE_VITALS: "D",
     STEP_REVIEW: "E",
+    STEP_NARRATIVE: "narrative",
 }
 
 

@@ -6,6 +6,7 @@ be recorded the call fails with UNAVAILABLE and nothing is acknowledged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Sequence
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from server.calls import current_call
 from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
+from server.pipeline.advice import Narration
 from server.pipeline.model import Case, StepResult
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RuntimeConfigs
@@ -41,15 +43,31 @@ class Classifier:
     def steps(self, case: Case) -> AsyncIterator[StepResult]:
         return self._pipeline.steps(case, self._configs.current)
 
+    async def narrative(self, case: Case, steps: Sequence[StepResult], narration: Narration) -> AsyncIterator[str]:
+        """The configured model's narrative of the result, in chunks; nothing when none is configured."""
+        advisor = self._pipeline.advisor
+        if advisor is None:
+            return
+        result = self._pipeline.result(steps)
+        summary = f"ESI {result.esi_level}. {result.rationale}"
+        async for text in advisor.narrate(case, summary, self._configs.current, narration):
+            yield text
+
     async def finish(
         self,
         message: case_pb2.TriageCase,
         steps: Sequence[StepResult],
         method: str,
         into: classification_pb2.Classification,
+        narration: Narration | None = None,
     ) -> None:
         """Fills the classification into `into` (a field of the response) once it is recorded."""
         result = self._pipeline.result(steps)
+        if narration is not None:
+            warnings = (narration.warning,) if narration.warning is not None else ()
+            result = dataclasses.replace(
+                result, cost=result.cost + narration.cost, warnings=(*result.warnings, *warnings)
+            )
         classified_at = datetime.now(UTC)
         classification_id = new_id(int(classified_at.timestamp() * 1000))
         digest = hmac.new(self._secret, message.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()

@@ -9,6 +9,7 @@ from grpc import aio
 
 from server.errors import FailedPrecondition, InvalidArgument, field_violation
 from server.ids import is_id
+from server.pipeline.advice import Narration
 from server.services.classifier import Classifier
 from server.services.convert import fill_step_event
 from triage.v1 import explain_service_pb2, explain_service_pb2_grpc
@@ -42,6 +43,13 @@ class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
             event = explain_service_pb2.ExplainResponse()
             fill_step_event(event.step, step)
             yield event
+        narration = Narration()
+        async for text in self._classifier.narrative(case, steps, narration):
+            chunk = explain_service_pb2.ExplainResponse()
+            chunk.narrative.text = text
+            yield chunk
         final = explain_service_pb2.ExplainResponse()
-        await self._classifier.finish(request.case, steps, EXPLAIN_METHOD, into=final.classification)
+        await self._classifier.finish(
+            request.case, steps, EXPLAIN_METHOD, into=final.classification, narration=narration
+        )
         yield final

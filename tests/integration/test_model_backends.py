@@ -203,3 +203,40 @@ async def test_a_backend_of_an_unknown_provider_is_refused(client: AsyncTriageCl
                 expected_version=current.version,
             )
         )
+
+
+async def test_explain_streams_the_model_narrative_before_the_classification(
+    client: AsyncTriageClient, fake_llm: FakeLLM
+) -> None:
+    await route(client, "narrative", admin_service_pb2.STRATEGY_MODEL)
+    fake_llm.plan(
+        "narrative", Reply(chunks=("Chest pain at 67 ", "is high risk: ", "see a physician now."), output_tokens=12)
+    )
+
+    events = [event async for event in client.explain(CHEST_PAIN)]
+
+    kinds = [str(e.WhichOneof("event")) for e in events]
+    assert kinds[-1] == "classification"
+    assert kinds[-4:-1] == ["narrative"] * 3
+    assert set(kinds[:-4]) == {"step"}
+    assert "".join(e.narrative.text for e in events[-4:-1]) == "Chest pain at 67 is high risk: see a physician now."
+    classification = events[-1].classification
+    assert classification.esi_level == classification_pb2.ESI_LEVEL_2  # the narrative never changes the level
+    assert classification.cost.usd_micros == 200 + 48
+    [request] = fake_llm.asked("narrative")
+    assert "ESI 2" in request["messages"][1]["content"]
+
+
+async def test_without_a_narrative_backend_explain_has_no_narrative(client: AsyncTriageClient) -> None:
+    kinds = {str(e.WhichOneof("event")) async for e in client.explain(CHEST_PAIN)}
+
+    assert "narrative" not in kinds
+
+
+async def test_a_narrative_that_breaks_off_leaves_a_warning(client: AsyncTriageClient, fake_llm: FakeLLM) -> None:
+    await route(client, "narrative", admin_service_pb2.STRATEGY_MODEL)
+    fake_llm.plan("narrative", Reply(status=500), Reply(status=500), Reply(status=500))
+
+    events = [event async for event in client.explain(CHEST_PAIN)]
+
+    assert "narrative_unavailable" in {w.code for w in events[-1].classification.warnings}
