@@ -46,13 +46,10 @@ async def canned_responses() -> tuple[classify_service_pb2.ClassifyResponse, lis
         )
         steps = [step async for step in pipeline.steps(validate_case(request.case))]
         classification = classification_pb2.Classification()
-        fill_classification(
-            classification,
-            pipeline.result(steps),
-            classification_id="01KBENCHMARK0000000000000",
-            classified_at=datetime.now(UTC),
-            case_ref="bench-1",
-        )
+        fill_classification(classification, pipeline.result(steps))
+        classification.classification_id = "01KBENCHMARK0000000000000"
+        classification.classified_at.FromDatetime(datetime.now(UTC))
+        classification.case_ref = "bench-1"
         runs.append((steps, classification))
     classify = classify_service_pb2.ClassifyResponse()
     classify.classification.CopyFrom(runs[0][1])

@@ -21,6 +21,7 @@ from interceptors.rate_limit import RateLimitInterceptor
 from server import metrics
 from server.backends.registry import BackendRegistry, Provider
 from server.budgets import Budgets
+from server.cache import ResponseCache
 from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
@@ -101,6 +102,7 @@ class TriageServer:
         self._configs: RuntimeConfigs | None = None
         self._registry: BackendRegistry | None = None
         self._budgets: Budgets | None = None
+        self._cache: ResponseCache | None = None
         self._tracer_provider: TracerProvider | None = None
         self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -149,7 +151,10 @@ class TriageServer:
             advisor=Advisor(registry, budgets, max_seconds=settings.model_max_seconds),
             tracer=tracer,
         )
-        classifier = Classifier(pipeline, audit, secret, configs)
+        self._cache = ResponseCache(
+            max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds, redis_url=settings.redis_url
+        )
+        classifier = Classifier(pipeline, audit, secret, configs, self._cache)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
         self._api_keys = api_keys
@@ -251,6 +256,8 @@ class TriageServer:
             await self._registry.close()
         if self._budgets is not None:
             await self._budgets.stop()
+        if self._cache is not None:
+            await self._cache.close()
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How long an open circuit skips the backend before one trial call."
     )
 
+    cache_ttl_seconds: float = Field(
+        default=300.0, ge=0, description="How long a classification is reused for the same case; 0 turns the cache off."
+    )
+    cache_max_entries: int = Field(default=10_000, ge=0, description="Most classifications kept in process.")
+
     # Deadlines
     classify_default_deadline_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of a Classify call that sets none."

@@ -25,6 +25,7 @@ LATENCY = Histogram(
 )
 RATE_LIMITED = Counter("triage_rate_limited_total", "Calls refused by a rate limit, by role.", ["role"])
 CLASSIFICATIONS = Counter("triage_classifications_total", "Classifications made, by ESI level.", ["esi_level"])
+CACHE_LOOKUPS = Counter("triage_cache_lookups_total", "Response cache lookups, by result (hit or miss).", ["result"])
 RATE_LIMIT_STORAGE_DEGRADED = Gauge(
     "triage_rate_limit_storage_degraded",
     "1 while the shared (Redis) rate-limit storage is unreachable and limits are counted per process.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +81,16 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+KeysFor = Callable[[TriageServer], Awaitable[str]]
+
+
+@pytest.fixture
+def keys_for() -> KeysFor:
+    """Makes an admin key for a server a test starts itself."""
+
+    async def make(server: TriageServer) -> str:
+        return await issue_test_key(server, Role.ADMIN)
+
+    return make

@@ -12,6 +12,7 @@ import hmac
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
+from server.cache import ResponseCache, cache_key
 from server.calls import current_call
 from server.errors import InvalidArgument, field_violation
 from server.ids import new_id
@@ -24,11 +25,16 @@ from server.store.audit import AuditLog
 from server.validation import validate_case
 from triage.v1 import case_pb2, classification_pb2
 
+CLASSIFY_METHOD = "/triage.v1.ClassifyService/Classify"
+
 
 class Classifier:
     """Runs the pipeline for one request and records the decision."""
 
-    def __init__(self, pipeline: Pipeline, audit: AuditLog, secret: bytes, configs: RuntimeConfigs) -> None:
+    def __init__(
+        self, pipeline: Pipeline, audit: AuditLog, secret: bytes, configs: RuntimeConfigs, cache: ResponseCache
+    ) -> None:
+        self._cache = cache
         self._pipeline = pipeline
         self._audit = audit
         self._secret = secret
@@ -53,6 +59,28 @@ class Classifier:
         async for text in advisor.narrate(case, summary, self._configs.current, narration):
             yield text
 
+    async def classify(self, message: case_pb2.TriageCase, case: Case, into: classification_pb2.Classification) -> None:
+        """Classify: from the response cache when the same case was classified under this configuration."""
+        config = self._configs.current
+        key = None
+        if self._cache.enabled:
+            key = cache_key(self._secret, message, config.version, self._pipeline.engine.version)
+            cached = await self._cache.get(key)
+            if cached is not None:
+                into.MergeFromString(cached)
+                classified_at = self._stamp(into, message.case_ref)
+                await self._record(message, into, CLASSIFY_METHOD, classified_at, cache_hit=True)
+                return
+        steps = [step async for step in self._pipeline.steps(case, config)]
+        await self.finish(message, steps, CLASSIFY_METHOD, into)
+        if key is not None:
+            stored = classification_pb2.Classification()
+            stored.CopyFrom(into)
+            # What the next caller gets anew: its own id, time and case_ref; a hit costs nothing.
+            for name in ("classification_id", "classified_at", "case_ref", "cost"):
+                stored.ClearField(name)
+            await self._cache.put(key, stored.SerializeToString())
+
     async def finish(
         self,
         message: case_pb2.TriageCase,
@@ -68,34 +96,51 @@ class Classifier:
             result = dataclasses.replace(
                 result, cost=result.cost + narration.cost, warnings=(*result.warnings, *warnings)
             )
+        fill_classification(into, result)
+        classified_at = self._stamp(into, message.case_ref)
+        await self._record(message, into, method, classified_at, cache_hit=False)
+
+    @staticmethod
+    def _stamp(classification: classification_pb2.Classification, case_ref: str) -> datetime:
         classified_at = datetime.now(UTC)
-        classification_id = new_id(int(classified_at.timestamp() * 1000))
+        classification.classification_id = new_id(int(classified_at.timestamp() * 1000))
+        classification.classified_at.FromDatetime(classified_at)
+        classification.case_ref = case_ref
+        return classified_at
+
+    async def _record(
+        self,
+        message: case_pb2.TriageCase,
+        classification: classification_pb2.Classification,
+        method: str,
+        classified_at: datetime,
+        *,
+        cache_hit: bool,
+    ) -> None:
+        """Writes the audit record; returns once it is durable."""
         digest = hmac.new(self._secret, message.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
-        cost = result.cost
         call = current_call()
         principal = call.principal if call is not None else None
+        cost = classification.cost
         await self._audit.record(
             {
-                "classification_id": classification_id,
+                "classification_id": classification.classification_id,
                 "recorded_at": classified_at,
                 "method": method,
-                "esi_level": result.esi_level,
-                "decided_at": result.decided_at,
-                "finding_codes": " ".join(f.code for f in result.findings),
-                "ruleset_version": result.ruleset_version,
+                "esi_level": classification.esi_level,
+                "decided_at": classification.decided_at,
+                "finding_codes": " ".join(f.code for f in classification.findings),
+                "ruleset_version": classification.pipeline.ruleset_version,
                 "input_hmac_sha256": digest,
-                "confidence": result.confidence,
+                "confidence": classification.confidence,
                 "case_ref": message.case_ref,
                 "key_id": principal.account if principal is not None else "",
                 "request_id": call.request_id if call is not None else "",
                 "cost_usd_micros": cost.usd_micros,
                 "input_tokens": cost.input_tokens,
                 "output_tokens": cost.output_tokens,
-                "cache_hit": False,
+                "cache_hit": cache_hit,
             }
         )
         if call is not None:
-            call.esi_level = result.esi_level
-        fill_classification(
-            into, result, classification_id=classification_id, classified_at=classified_at, case_ref=message.case_ref
-        )
+            call.esi_level = classification.esi_level

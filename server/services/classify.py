@@ -6,10 +6,10 @@ from typing import Any
 
 from grpc import aio
 
-from server.services.classifier import Classifier
+from server.services.classifier import CLASSIFY_METHOD, Classifier
 from triage.v1 import classify_service_pb2, classify_service_pb2_grpc
 
-CLASSIFY_METHOD = "/triage.v1.ClassifyService/Classify"
+__all__ = ["CLASSIFY_METHOD", "ClassifyService"]
 
 
 class ClassifyService(classify_service_pb2_grpc.ClassifyServiceServicer):
@@ -22,7 +22,6 @@ class ClassifyService(classify_service_pb2_grpc.ClassifyServiceServicer):
         self, request: classify_service_pb2.ClassifyRequest, context: aio.ServicerContext[Any, Any]
     ) -> classify_service_pb2.ClassifyResponse:
         case = self._classifier.validate(request.case, request.HasField("case"))
-        steps = [step async for step in self._classifier.steps(case)]
         response = classify_service_pb2.ClassifyResponse()
-        await self._classifier.finish(request.case, steps, CLASSIFY_METHOD, into=response.classification)
+        await self._classifier.classify(request.case, case, into=response.classification)
         return response

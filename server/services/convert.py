@@ -50,15 +50,8 @@ def fill_step_event(target: explain_service_pb2.StepEvent, result: StepResult) -
     target.esi_level = classification_pb2.EsiLevel.ValueType(result.level or 0)
 
 
-def fill_classification(
-    target: classification_pb2.Classification,
-    result: TriageResult,
-    *,
-    classification_id: str,
-    classified_at: datetime,
-    case_ref: str,
-) -> None:
-    target.classification_id = classification_id
+def fill_classification(target: classification_pb2.Classification, result: TriageResult) -> None:
+    """Everything but the id, the time and the case_ref, which are stamped when it is recorded."""
     target.esi_level = classification_pb2.EsiLevel.ValueType(result.esi_level)
     target.confidence = result.confidence
     target.decided_at = result.decided_at
@@ -73,8 +66,6 @@ def fill_classification(
     for step in result.steps:
         target.pipeline.step_backends.add(step=step.step, backend=step.backend)
     _fill_cost(target.cost, result.cost)
-    target.classified_at.FromDatetime(classified_at)
-    target.case_ref = case_ref
 
 
 def audit_event_message(event: AuditEvent) -> admin_service_pb2.AuditEvent:

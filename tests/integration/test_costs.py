@@ -41,7 +41,11 @@ def fake_llm() -> Iterator[FakeLLM]:
 def settings(settings: Settings, fake_llm: FakeLLM) -> Settings:
     # Few output tokens, so that the worst case of a call is a few hundred micro-dollars.
     return settings.model_copy(
-        update={"openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)}, "model_max_output_tokens": 16}
+        update={
+            "openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)},
+            "model_max_output_tokens": 16,
+            "cache_ttl_seconds": 0,  # every call runs the model: these tests count model calls
+        }
     )
 
 

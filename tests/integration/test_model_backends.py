@@ -42,6 +42,7 @@ def settings(settings: Settings, fake_llm: FakeLLM) -> Settings:
             "openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)},
             "circuit_failure_threshold": 2,
             "circuit_open_seconds": 60.0,
+            "cache_ttl_seconds": 0,  # every call runs the model: these tests count model calls
         }
     )
 

@@ -1,0 +1,130 @@
+"""The response cache: same case and configuration, a new classification that costs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from google.protobuf import field_mask_pb2
+from prometheus_client import REGISTRY
+
+from server.app import TriageServer
+from server.config import ProviderSettings, Settings
+from tests.conftest import KeysFor
+from tests.fake_llm import FakeLLM, Reply, start_fake_llm
+from tests.integration.test_model_backends import HEADACHE, route
+from tests.redis_server import RedisServer
+from tests.support import make_case
+from triage.v1 import admin_service_pb2
+from triage.v1.admin_service_pb2 import Config, UpdateConfigRequest
+from triage_client import AsyncTriageClient
+
+CASE = make_case("ankle sprain", "30y", case_ref="first")
+SAME_CASE = make_case("ankle sprain", "30y", case_ref="second")
+
+
+def hits() -> float:
+    return REGISTRY.get_sample_value("triage_cache_lookups_total", {"result": "hit"}) or 0.0
+
+
+async def test_the_same_case_is_answered_from_the_cache_with_a_new_id(client: AsyncTriageClient) -> None:
+    before = hits()
+    first = await client.classify(CASE)
+    second = await client.classify(SAME_CASE)
+
+    assert hits() - before == 1
+    assert second.classification_id != first.classification_id
+    assert (first.case_ref, second.case_ref) == ("first", "second")
+    assert second.esi_level == first.esi_level
+    assert list(second.findings) == list(first.findings)
+    events = [e async for e in client.iter_audit_events()]
+    assert [(e.classification_id, e.cache_hit) for e in events] == [
+        (first.classification_id, False),
+        (second.classification_id, True),
+    ]
+
+
+async def test_a_configuration_change_or_a_different_case_misses(client: AsyncTriageClient) -> None:
+    await client.classify(CASE)
+    before = hits()
+    await client.classify(make_case("ankle sprain", "31y"))
+    current = (await client.get_config()).config
+    await client.update_config(
+        UpdateConfigRequest(
+            config=Config(danger_zone_policy=admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY),
+            update_mask=field_mask_pb2.FieldMask(paths=["danger_zone_policy"]),
+            expected_version=current.version,
+        )
+    )
+    await client.classify(CASE)
+
+    assert hits() == before
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"cache_ttl_seconds": 0.5})
+
+
+async def test_entries_expire(client: AsyncTriageClient) -> None:
+    await client.classify(CASE)
+    await asyncio.sleep(0.6)
+    before = hits()
+    await client.classify(SAME_CASE)
+
+    assert hits() == before
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLM]:
+    fake, server = start_fake_llm()
+    fake.defaults["high_risk"] = Reply(content='{"high_risk": false, "reasons": []}')
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def model_server(settings: Settings, fake_llm: FakeLLM) -> AsyncIterator[TriageServer]:
+    server = TriageServer(
+        settings.model_copy(
+            update={"openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)}, "cache_ttl_seconds": 60}
+        )
+    )
+    await server.start()
+    yield server
+    await server.stop(grace_seconds=0)
+
+
+async def test_a_hit_makes_no_model_call_and_costs_nothing(
+    model_server: TriageServer, keys_for: KeysFor, fake_llm: FakeLLM
+) -> None:
+    key = await keys_for(model_server)
+    async with AsyncTriageClient(f"127.0.0.1:{model_server.port}", api_key=key) as client:
+        await route(client, "high_risk", admin_service_pb2.STRATEGY_MOST_URGENT)
+        first = await client.classify(HEADACHE)
+        second = await client.classify(HEADACHE)
+
+    assert first.cost.usd_micros > 0
+    assert second.cost.usd_micros == 0
+    assert len(fake_llm.asked("high_risk")) == 1
+
+
+async def test_servers_sharing_redis_share_the_cache(
+    settings: Settings, redis_server: RedisServer, keys_for: KeysFor
+) -> None:
+    shared = settings.model_copy(update={"redis_url": redis_server.url, "cache_ttl_seconds": 60})
+    servers = [TriageServer(shared), TriageServer(shared)]
+    for server in servers:
+        await server.start()
+    try:
+        key = await keys_for(servers[0])
+        before = hits()
+        for server in servers:
+            async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
+                await client.classify(CASE)
+        assert hits() - before == 1
+    finally:
+        for server in servers:
+            await server.stop(grace_seconds=0)
