@@ -23,6 +23,7 @@ from server.backends.registry import BackendRegistry, Provider
 from server.budgets import Budgets
 from server.cache import ResponseCache
 from server.calls import Role
+from server.case_vault import CaseVault, parse_key
 from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.identity.api_keys import ApiKeyAuthenticator
@@ -154,7 +155,8 @@ class TriageServer:
         self._cache = ResponseCache(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds, redis_url=settings.redis_url
         )
-        classifier = Classifier(pipeline, audit, secret, configs, self._cache)
+        vault = CaseVault(parse_key(settings.encryption_key.get_secret_value())) if settings.encryption_key else None
+        classifier = Classifier(pipeline, audit, secret, configs, self._cache, vault)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
         self._api_keys = api_keys

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.calls import Role
+from server.case_vault import parse_key
 from server.rate_limits import parse_limits
 
 
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
         default=None,
         description="Server secret keying the audit hash of each case. Unset: read from secret_key_file, "
         "or generated there on first start. Set it (same value) on every replica.",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="32 random bytes, base64 (openssl rand -base64 32): store each case encrypted "
+        "(AES-256-GCM) so that Explain can take a classification id. Unset: no case is stored.",
     )
     secret_key_file: Path = Field(
         default=Path("triage-secret.key"), description="Where the generated server secret is kept (mode 0600)."
@@ -168,6 +174,13 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Requests larger than this are refused before they are parsed."
     )
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key(value.get_secret_value())
+        return value
 
     @field_validator("rate_limit_demo", "rate_limit_clinician", "rate_limit_service", "rate_limit_admin")
     @classmethod

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 from server.cache import ResponseCache, cache_key
-from server.calls import current_call
-from server.errors import InvalidArgument, field_violation
+from server.calls import Role, current_call
+from server.case_vault import CaseVault
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, field_violation
 from server.ids import new_id
 from server.pipeline.advice import Narration
 from server.pipeline.model import Case, StepResult
@@ -32,8 +33,15 @@ class Classifier:
     """Runs the pipeline for one request and records the decision."""
 
     def __init__(
-        self, pipeline: Pipeline, audit: AuditLog, secret: bytes, configs: RuntimeConfigs, cache: ResponseCache
+        self,
+        pipeline: Pipeline,
+        audit: AuditLog,
+        secret: bytes,
+        configs: RuntimeConfigs,
+        cache: ResponseCache,
+        vault: CaseVault | None = None,
     ) -> None:
+        self._vault = vault
         self._cache = cache
         self._pipeline = pipeline
         self._audit = audit
@@ -58,6 +66,32 @@ class Classifier:
         summary = f"ESI {result.esi_level}. {result.rationale}"
         async for text in advisor.narrate(case, summary, self._configs.current, narration):
             yield text
+
+    async def stored_case(self, classification_id: str) -> case_pb2.TriageCase:
+        """The case of an earlier classification, for its caller (or an admin) only."""
+        if self._vault is None:
+            raise FailedPrecondition(
+                "explaining an earlier classification needs stored cases, and this server stores none "
+                "(case storage needs TRIAGE_ENCRYPTION_KEY); send the case instead"
+            )
+        call = current_call()
+        principal = call.principal if call is not None else None
+        stored = await self._audit.stored_case(classification_id)
+        # Another caller's case is reported missing, not forbidden: its existence is not theirs to know.
+        allowed = (
+            principal is None
+            or principal.role is Role.ADMIN
+            or (stored is not None and stored.account == principal.account)
+        )
+        if stored is None or not allowed:
+            raise NotFound(f"no stored case for classification {classification_id}")
+        opened = self._vault.open(classification_id, stored.nonce, stored.ciphertext)
+        if opened is None:
+            raise FailedPrecondition(
+                f"the case of {classification_id} was sealed with another encryption key "
+                f"(fingerprint {stored.key_fingerprint}); it cannot be read with the current one"
+            )
+        return case_pb2.TriageCase.FromString(opened)
 
     async def classify(self, message: case_pb2.TriageCase, case: Case, into: classification_pb2.Classification) -> None:
         """Classify: from the response cache when the same case was classified under this configuration."""
@@ -118,9 +152,21 @@ class Classifier:
         cache_hit: bool,
     ) -> None:
         """Writes the audit record; returns once it is durable."""
-        digest = hmac.new(self._secret, message.SerializeToString(deterministic=True), hashlib.sha256).hexdigest()
+        serialized = message.SerializeToString(deterministic=True)
+        digest = hmac.new(self._secret, serialized, hashlib.sha256).hexdigest()
         call = current_call()
         principal = call.principal if call is not None else None
+        account = principal.account if principal is not None else ""
+        sealed = None
+        if self._vault is not None:
+            nonce, ciphertext = self._vault.seal(classification.classification_id, serialized)
+            sealed = {
+                "classification_id": classification.classification_id,
+                "account": account,
+                "key_fingerprint": self._vault.fingerprint,
+                "nonce": nonce,
+                "ciphertext": ciphertext,
+            }
         cost = classification.cost
         await self._audit.record(
             {
@@ -134,13 +180,14 @@ class Classifier:
                 "input_hmac_sha256": digest,
                 "confidence": classification.confidence,
                 "case_ref": message.case_ref,
-                "key_id": principal.account if principal is not None else "",
+                "key_id": account,
                 "request_id": call.request_id if call is not None else "",
                 "cost_usd_micros": cost.usd_micros,
                 "input_tokens": cost.input_tokens,
                 "output_tokens": cost.output_tokens,
                 "cache_hit": cache_hit,
-            }
+            },
+            sealed,
         )
         if call is not None:
             call.esi_level = classification.esi_level

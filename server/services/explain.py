@@ -7,7 +7,7 @@ from typing import Any
 
 from grpc import aio
 
-from server.errors import FailedPrecondition, InvalidArgument, field_violation
+from server.errors import InvalidArgument, field_violation
 from server.ids import is_id
 from server.pipeline.advice import Narration
 from server.services.classifier import Classifier
@@ -27,16 +27,15 @@ class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
         self, request: explain_service_pb2.ExplainRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
         subject = request.WhichOneof("subject")
+        message = request.case
         if subject == "classification_id":
             if not is_id(request.classification_id):
                 raise InvalidArgument(
                     [field_violation("classification_id", "must be a 26-character classification id", "INVALID_FORMAT")]
                 )
-            raise FailedPrecondition(
-                "explaining an earlier classification needs stored cases, and this server stores none "
-                "(case storage needs an encryption key); send the case instead"
-            )
-        case = self._classifier.validate(request.case, subject == "case")
+            # The stored case, explained afresh (under the current configuration) as a new classification.
+            message = await self._classifier.stored_case(request.classification_id)
+        case = self._classifier.validate(message, subject is not None)
         steps = []
         async for step in self._classifier.steps(case):
             steps.append(step)
@@ -49,7 +48,5 @@ class ExplainService(explain_service_pb2_grpc.ExplainServiceServicer):
             chunk.narrative.text = text
             yield chunk
         final = explain_service_pb2.ExplainResponse()
-        await self._classifier.finish(
-            request.case, steps, EXPLAIN_METHOD, into=final.classification, narration=narration
-        )
+        await self._classifier.finish(message, steps, EXPLAIN_METHOD, into=final.classification, narration=narration)
         yield final

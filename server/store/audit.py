@@ -22,14 +22,20 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, col, select
 
 from server.errors import Unavailable
-from server.store.models import AuditEvent
+from server.store.models import AuditEvent, StoredCase
 
 log = logging.getLogger("triage.audit")
 
 _TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
 COLUMNS: tuple[str, ...] = tuple(column.name for column in _TABLE.columns)
+_CASES = StoredCase.__table__  # type: ignore[attr-defined]
+CASE_COLUMNS: tuple[str, ...] = tuple(column.name for column in _CASES.columns)
 # SQLAlchemy stores SQLite timestamps as this text; other databases take datetimes.
 _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _insert_statement(table: str, columns: tuple[str, ...], marker: str) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +54,37 @@ class AuditLog:
         # The hot path writes with one prepared DBAPI executemany per batch:
         # SQLAlchemy Core's per-row bind processing cost more than the commit.
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert = f"INSERT INTO {_TABLE.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([marker] * len(COLUMNS))})"
+        self._insert = _insert_statement(_TABLE.name, COLUMNS, marker)
+        # Stored (encrypted) cases go in the same transaction as their audit records.
+        self._insert_case = _insert_statement(_CASES.name, CASE_COLUMNS, marker)
         self._sqlite = engine.dialect.name == "sqlite"
         # The writer thread's own connection, taken from the pool on first use.
         self._connection: PoolProxiedConnection | None = None
         self._max_batch = max_batch_records
         self._max_pending = max_pending_records
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[Any, ...], tuple[Any, ...] | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         # Counters for tests and metrics: transactions committed, records written.
         self.commits = 0
         self.records_written = 0
 
-    async def record(self, row: dict[str, Any]) -> None:
+    async def record(self, row: dict[str, Any], case: dict[str, Any] | None = None) -> None:
         """Returns once the record is committed; raises Unavailable if it could not be.
 
-        `row` has a value for every column of AuditEvent. A caller that is
-        cancelled while waiting still gets its record written: it is queued.
+        `row` has a value for every column of AuditEvent; `case`, if given, one
+        for every column of StoredCase, written in the same transaction. A
+        caller that is cancelled while waiting still gets its record written:
+        it is queued.
         """
         if self._closed:
             raise Unavailable("the server is shutting down; retry on another replica")
         if len(self._pending) >= self._max_pending:
             raise Unavailable("the audit store is overloaded; retry shortly")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._values(row), future))
+        case_values = tuple(case[name] for name in CASE_COLUMNS) if case is not None else None
+        self._pending.append((self._values(row), case_values, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -89,7 +100,12 @@ class AuditLog:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             try:
-                await loop.run_in_executor(self._writer, self._write, [row for row, _ in batch])
+                await loop.run_in_executor(
+                    self._writer,
+                    self._write,
+                    [row for row, _, _ in batch],
+                    [case for _, case, _ in batch if case is not None],
+                )
             except Exception as error:  # noqa: BLE001 - every waiter must hear of the failure
                 log.error(
                     "audit write failed",
@@ -100,7 +116,7 @@ class AuditLog:
                 )
             else:
                 outcome = None
-            for _, future in batch:
+            for _, _, future in batch:
                 if future.done():
                     continue
                 if outcome is None:
@@ -108,7 +124,7 @@ class AuditLog:
                 else:
                     future.set_exception(outcome)
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], cases: list[tuple[Any, ...]]) -> None:
         """One transaction for the batch, on the writer thread's connection."""
         if self._connection is None:
             self._connection = self._engine.raw_connection()
@@ -116,6 +132,8 @@ class AuditLog:
         cursor = connection.cursor()
         try:
             cursor.executemany(self._insert, rows)
+            if cases:
+                cursor.executemany(self._insert_case, cases)
             connection.commit()
         except Exception:
             # Roll back what the batch wrote; a broken connection is replaced next time.
@@ -129,6 +147,13 @@ class AuditLog:
             cursor.close()
         self.commits += 1
         self.records_written += len(rows)
+
+    async def stored_case(self, classification_id: str) -> StoredCase | None:
+        return await asyncio.to_thread(self._stored_case, classification_id)
+
+    def _stored_case(self, classification_id: str) -> StoredCase | None:
+        with Session(self._engine) as session:
+            return session.get(StoredCase, classification_id)
 
     async def page(
         self,

@@ -85,3 +85,17 @@ class UsageTotal(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     usd_micros: int = 0
+
+
+class StoredCase(SQLModel, table=True):
+    """A classified case, encrypted (AES-256-GCM), so that Explain can take its id later."""
+
+    __tablename__ = "stored_cases"
+
+    classification_id: str = Field(primary_key=True, max_length=26)
+    # Who classified it: only they (or an admin) may have it explained.
+    account: str = Field(default="", max_length=64)
+    # Which encryption key sealed it (a fingerprint, never the key), for rotation.
+    key_fingerprint: str = Field(max_length=16)
+    nonce: bytes
+    ciphertext: bytes
