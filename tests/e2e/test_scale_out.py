@@ -1,8 +1,9 @@
-"""Several server processes: one shared rate-limit count through Redis, one metrics view."""
+"""Several server processes: shared rate-limit counts, one metrics view, revocations and routing everywhere."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import urllib.request
@@ -11,9 +12,11 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.processes import ServerProcess, create_key, start_server
+from tests.fake_llm import Reply, start_fake_llm
+from tests.integration.test_model_backends import route
 from tests.redis_server import RedisServer
 from tests.support import eventually, make_case
-from triage.v1.admin_service_pb2 import RevokeApiKeyRequest
+from triage.v1.admin_service_pb2 import STRATEGY_MOST_URGENT, RevokeApiKeyRequest
 from triage_client import AsyncTriageClient, ResourceExhausted, Unauthenticated
 
 CASE = make_case("ankle injury", "30y")
@@ -106,3 +109,31 @@ async def test_a_key_revoked_through_one_process_stops_working_on_another_within
     finally:
         for server in (first, second):
             await _stop(server)
+
+
+async def test_routing_a_step_to_a_model_reaches_every_process_within_a_second(tmp_path: Path) -> None:
+    fake, http = start_fake_llm()
+    fake.defaults["high_risk"] = Reply(content='{"high_risk": true, "reasons": ["worst headache of life"]}')
+    admin_key = await create_key(tmp_path, "admin", "--rate-limit", "1000/second")
+    environment = {"TRIAGE_OPENAI_PROVIDERS": json.dumps({"fake": {"base_url": fake.url}})}
+    first, second = [await start_server(tmp_path, **environment) for _ in range(2)]
+    try:
+        async with (
+            AsyncTriageClient(f"127.0.0.1:{first.port}", api_key=admin_key) as admin,
+            AsyncTriageClient(f"127.0.0.1:{second.port}", api_key=admin_key) as elsewhere,
+        ):
+            headache = make_case("headache", "30y")
+            assert (await elsewhere.classify(headache)).esi_level != 2
+            await route(admin, "high_risk", STRATEGY_MOST_URGENT)
+
+            async def routed() -> bool:
+                # A new case each time: a cached answer would not ask the model.
+                case = make_case("headache", f"{30 + len(fake.requests)}y")
+                return (await elsewhere.classify(case)).esi_level == 2
+
+            await eventually(routed, within_seconds=1.0)
+    finally:
+        for server in (first, second):
+            await _stop(server)
+        http.shutdown()
+        http.server_close()
