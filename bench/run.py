@@ -162,6 +162,8 @@ def main() -> int:
         "TRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
         "TRIAGE_SECRET_KEY": "bench",
         "TRIAGE_WORKERS": str(args.workers),
+        # Every call is a new classification: the figures are the uncached path's.
+        "TRIAGE_CACHE_TTL_SECONDS": "0",
     }
     # The whole interceptor chain runs: a service key, with a limit the load never reaches.
     created = subprocess.run(
