@@ -24,8 +24,9 @@ class Reply:
     delay_seconds: float = 0.0
     input_tokens: int = 200
     output_tokens: int = 30
-    # For streamed calls: the text chunks.
+    # For streamed calls: the text chunks, and a pause before each.
     chunks: tuple[str, ...] = ()
+    chunk_delay_seconds: float = 0.0
 
 
 def answer(**content: Any) -> Reply:
@@ -95,6 +96,7 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for event in _events(request, reply):
+                time.sleep(reply.chunk_delay_seconds)
                 data = f"data: {event}\n\n".encode()
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()

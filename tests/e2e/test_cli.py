@@ -216,6 +216,10 @@ async def test_admin_config_get_and_set(target: str) -> None:
     ):
         assert expected in lines
 
+    code, _, err = await run(TRIAGE, "--target", target, "admin", "config", "set", "step.resources=openai:gpt-4o-mini")
+    assert code == 0
+    assert "note: strategy.resources=rules, so openai:gpt-4o-mini is not asked" in err
+
     code, _, err = await run(TRIAGE, "--target", target, "admin", "config", "set", "step.high_risk=openai:unpriced")
     assert code == 1
     assert "config.high_risk.backend" in err

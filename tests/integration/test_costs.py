@@ -195,3 +195,25 @@ async def test_a_cancelled_call_is_still_accounted_for(
     assert row.requests == 1
     assert row.cost.usd_micros > ANSWER_USD_MICROS
     assert [e async for e in client.iter_audit_events()] == []
+
+
+async def test_an_explain_stream_cancelled_mid_narrative_is_charged_for_what_it_received(
+    client: AsyncTriageClient, server: TriageServer, fake_llm: FakeLLM, keys: dict[Role, str]
+) -> None:
+    await route(client, "narrative", admin_service_pb2.STRATEGY_MODEL)
+    fake_llm.plan("narrative", Reply(chunks=("The patient ",) * 20, chunk_delay_seconds=0.1))
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=keys[Role.CLINICIAN]) as clinician:
+        stream = clinician.explain(HEADACHE)
+        async for event in stream:
+            if event.HasField("narrative"):
+                break  # the caller has seen enough
+        await stream.aclose()
+
+    async def accounted() -> bool:
+        return bool((await client.get_usage(admin_service_pb2.GetUsageRequest())).usage)
+
+    await eventually(accounted, within_seconds=5)
+    [row] = (await client.get_usage(admin_service_pb2.GetUsageRequest())).usage
+    assert (row.step, row.backend, row.requests) == (classification_pb2.STEP_NARRATIVE, MODEL, 1)
+    assert row.cost.output_tokens > 0  # what was streamed before the caller left
+    assert [e async for e in client.iter_audit_events()] == []  # no classification was made

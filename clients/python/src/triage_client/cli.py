@@ -320,6 +320,14 @@ def _config(
             parser.error(str(error))
         request.update_mask.paths.extend(dict.fromkeys(paths))
         current = client.update_config(request, timeout=args.timeout).config
+        for step in ("high_risk", "resources"):
+            policy = getattr(current, step)
+            if policy.backend != "rules" and policy.strategy in (0, admin_service_pb2.STRATEGY_RULES):
+                print(
+                    f"note: strategy.{step}=rules, so {policy.backend} is not asked; "
+                    f"set strategy.{step}=most_urgent (or model) to use it",
+                    file=sys.stderr,
+                )
     if as_json:
         print(_json(current), file=stdout)
         return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -369,8 +369,11 @@ class AsyncTriageClient:
         *,
         classification_id: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[explain_service_pb2.ExplainResponse]:
-        """Yields each step as the server completes it; the classification comes last."""
+    ) -> AsyncGenerator[explain_service_pb2.ExplainResponse, None]:
+        """Yields each step as the server completes it; the classification comes last.
+
+        Closing the generator early (`aclose()`) cancels the call on the server.
+        """
         request = explain_request(case, classification_id)
         call = self._explain.Explain(
             request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
