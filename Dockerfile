@@ -14,7 +14,10 @@ WORKDIR /data
 ENV TRIAGE_HOST=0.0.0.0 \
     TRIAGE_PORT=50051 \
     TRIAGE_WORKERS=0 \
-    TRIAGE_DATABASE_URL=sqlite:////data/triage.db
-EXPOSE 50051
-# Kubernetes: use a gRPC probe on port 50051 (grpc.health.v1.Health).
+    TRIAGE_DATABASE_URL=sqlite:////data/triage.db \
+    TRIAGE_METRICS_HOST=0.0.0.0 \
+    TRIAGE_METRICS_PORT=9090
+EXPOSE 50051 9090
+# Kubernetes: use a gRPC probe on port 50051 (grpc.health.v1.Health); scrape :9090/metrics.
+# The first key: docker run --rm -v DATA:/data IMAGE triage-server keys create --name ops --role admin
 CMD ["triage-server", "serve"]
