@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from server.calls import Role
@@ -18,6 +17,7 @@ from server.secret import load_server_secret
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
 from server.store.models import ApiKeyRecord
+from triage_client.cli import duration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate_csv(args.csv, args.danger_zone_policy)
     print(json.dumps(result.as_dict(), indent=2) if args.output == "json" else result.report())
     return 0
-
-
-def duration(text: str) -> timedelta:
-    """`90d`, `12h`, `30m` or `45s` as a timedelta; argparse reports anything else."""
-    match = re.fullmatch(r"(\d+)([dhms])", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90d, 12h, 30m or 45s")
-    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[match[2]]
-    return timedelta(**{unit: int(match[1])})
 
 
 def manage_keys(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from server.identity.api_keys import issue_key
 from server.secret import load_server_secret
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
+from tests.fake_llm import FakeLLM, start_fake_llm
 from tests.redis_server import RedisServer, redis_available
 from triage_client import AsyncTriageClient
 
@@ -94,3 +95,12 @@ def keys_for() -> KeysFor:
         return await issue_test_key(server, Role.ADMIN)
 
     return make
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLM]:
+    """A real chat-completions server on 127.0.0.1:0; tests plan its replies."""
+    fake, http = start_fake_llm()
+    yield fake
+    http.shutdown()
+    http.server_close()

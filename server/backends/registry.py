@@ -15,8 +15,7 @@ from openai import AsyncOpenAI
 
 from server.backends.circuit import CircuitBreaker
 from server.backends.openai_compatible import OpenAICompatibleBackend
-
-RULES = "rules"
+from server.runtime_config import RULES
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ QUESTIONS: dict[Step, str] = {
 
 _TEXT_FIELD_LABELS = {"chief_complaint": "chief complaint", "history": "history"}
 _CHILD_BELOW_DAYS = 18 * DAYS_PER_YEAR
-_COMPLEX_PROCEDURE_WEIGHT = 2
+COMPLEX_PROCEDURE_WEIGHT = 2
 # Certainty lost for each vital sign a step needed and did not get.
 _MISSING_VITAL_PENALTY = 0.05
 _UNRECOGNIZED_CERTAINTY = 0.45
@@ -317,7 +317,7 @@ class RulesEngine:
             certainty = _UNRECOGNIZED_CERTAINTY
         resources = tuple(sorted(predicted.values(), key=lambda r: r.kind))
         count = sum(
-            _COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
+            COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
             for r in resources
         )
         if count in (1, 2):

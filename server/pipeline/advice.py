@@ -26,6 +26,7 @@ from server.backends.registry import BackendRegistry
 from server.budgets import Budgets, OverBudget
 from server.calls import LedgerEntry, current_call
 from server.errors import ResourceExhausted
+from server.esi.engine import COMPLEX_PROCEDURE_WEIGHT
 from server.esi.tables import RESOURCE_LABELS
 from server.pipeline.model import (
     STEP_HIGH_RISK,
@@ -44,7 +45,6 @@ from triage.v1 import classification_pb2
 
 # Time kept back from the caller's deadline for the rules fallback, the audit and the answer.
 RESERVE_SECONDS = 0.25
-_COMPLEX_WEIGHT = 2
 _MODEL_CERTAINTY = 0.7
 FREE = Price(input_usd_micros_per_million_tokens=0, output_usd_micros_per_million_tokens=0)
 
@@ -59,10 +59,13 @@ class Advisor:
 
     def policy(self, step: Step, config: RuntimeConfig) -> StepPolicy | None:
         """The step's policy when a model is to be asked, else None."""
-        policy = {STEP_HIGH_RISK: config.high_risk, STEP_RESOURCES: config.resources}.get(step)
-        if policy is None or policy.backend == RULES or policy.strategy == "rules":
+        if step == STEP_HIGH_RISK:
+            policy = config.high_risk
+        elif step == STEP_RESOURCES:
+            policy = config.resources
+        else:
             return None
-        return policy
+        return None if policy.backend == RULES or policy.strategy == "rules" else policy
 
     def seconds(self) -> float:
         """How long a model may take: what the caller has left, less the reserve."""
@@ -235,7 +238,8 @@ def combine_resources(rules: StepResult, answer: ResourcesAnswer, backend: str, 
         predicted.setdefault(kind, PredictedResource(kind, RESOURCE_LABELS[kind], f"{backend}: {item.reason}", ""))
     resources = tuple(sorted(predicted.values(), key=lambda r: r.kind))
     count = sum(
-        _COMPLEX_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1 for r in resources
+        COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
+        for r in resources
     )
     names = ", ".join(RESOURCE_LABELS[r.kind] for r in resources) or "none"
     summary = f"{backend} predicted {count} resource{'s' if count != 1 else ''}: {names}"

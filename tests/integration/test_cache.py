@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from google.protobuf import field_mask_pb2
@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from server.app import TriageServer
 from server.config import ProviderSettings, Settings
 from tests.conftest import KeysFor
-from tests.fake_llm import FakeLLM, Reply, start_fake_llm
+from tests.fake_llm import FakeLLM, Reply
 from tests.integration.test_model_backends import HEADACHE, route
 from tests.redis_server import RedisServer
 from tests.support import make_case
@@ -77,16 +77,8 @@ async def test_entries_expire(client: AsyncTriageClient) -> None:
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    fake, server = start_fake_llm()
-    fake.defaults["high_risk"] = Reply(content='{"high_risk": false, "reasons": []}')
-    yield fake
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 async def model_server(settings: Settings, fake_llm: FakeLLM) -> AsyncIterator[TriageServer]:
+    fake_llm.defaults["high_risk"] = Reply(content='{"high_risk": false, "reasons": []}')
     server = TriageServer(
         settings.model_copy(
             update={"openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)}, "cache_ttl_seconds": 60}

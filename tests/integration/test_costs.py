@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 
 import pytest
 from google.protobuf import field_mask_pb2
@@ -14,7 +13,7 @@ from server.app import TriageServer
 from server.calls import Role
 from server.config import ProviderSettings, Settings
 from tests.conftest import issue_test_key
-from tests.fake_llm import FakeLLM, Reply, start_fake_llm
+from tests.fake_llm import FakeLLM, Reply
 from tests.integration.test_model_backends import HEADACHE, MODEL, route
 from tests.support import eventually
 from triage.v1 import admin_service_pb2, classification_pb2, classify_service_pb2, classify_service_pb2_grpc
@@ -29,16 +28,8 @@ ANSWER_USD_MICROS = 140
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    fake, server = start_fake_llm()
-    fake.defaults["high_risk"] = HIGH_RISK
-    yield fake
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def settings(settings: Settings, fake_llm: FakeLLM) -> Settings:
+    fake_llm.defaults["high_risk"] = HIGH_RISK
     # Few output tokens, so that the worst case of a call is a few hundred micro-dollars.
     return settings.model_copy(
         update={

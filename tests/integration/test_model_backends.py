@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import TypeAlias
 
 import pytest
 from google.protobuf import field_mask_pb2
 
 from server.config import ProviderSettings, Settings
-from tests.fake_llm import FakeLLM, Reply, answer, start_fake_llm
+from tests.fake_llm import FakeLLM, Reply, answer
 from tests.support import make_case
 from triage.v1 import admin_service_pb2, classification_pb2
 from triage.v1.admin_service_pb2 import BackendPrice, Config, StepPolicy, UpdateConfigRequest
@@ -25,14 +24,6 @@ PRICE = BackendPrice(
 HEADACHE = make_case("headache", "30y")  # the rules: not high risk, one resource or none
 CHEST_PAIN = make_case("chest pain", "67y")  # the rules: high risk, ESI 2
 ABDOMINAL_PAIN = make_case("abdominal pain", "40y")  # the rules: labs and imaging, ESI 3
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    fake, server = start_fake_llm()
-    yield fake
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture

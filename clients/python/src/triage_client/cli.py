@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="who or what uses the key, such as 'epic-prod'")
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--rate-limit", default="", help="its own limit, such as 10/second;1000/hour")
-    create.add_argument("--expires-in", type=_duration, help="lifetime such as 90d, 12h or 30m")
+    create.add_argument("--expires-in", type=duration, help="lifetime such as 90d, 12h or 30m")
     key_commands.add_parser("list", help="list keys (never their secrets)")
     revoke = key_commands.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 ROLES = ("demo", "clinician", "service", "admin")
 
 
-def _duration(text: str) -> timedelta:
+def duration(text: str) -> timedelta:
+    """`90d`, `12h`, `30m` or `45s` as a timedelta; argparse reports anything else."""
     match = re.fullmatch(r"(\d+)([dhms])", text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90d, 12h, 30m or 45s")
