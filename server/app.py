@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import Engine
 
 from interceptors.auth import OPEN, AuthInterceptor, Policy
 from interceptors.cost import CostInterceptor
@@ -97,22 +96,17 @@ class TriageServer:
         self.port = 0
         self._server: aio.Server | None = None
         self._audit: AuditLog | None = None
-        self._engine: Engine | None = None
-        self._api_keys: ApiKeyAuthenticator | None = None
-        self._limiter: RateLimiter | None = None
-        self._configs: RuntimeConfigs | None = None
-        self._registry: BackendRegistry | None = None
-        self._budgets: Budgets | None = None
-        self._cache: ResponseCache | None = None
-        self._tracer_provider: TracerProvider | None = None
+        # What start() opened, closed by stop() in the reverse order (also after a failed start).
+        self._resources = contextlib.AsyncExitStack()
         self._tracing_interceptor: aio.ServerInterceptor | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Opens the store, starts serving, and returns the bound port."""
         settings = self.settings
+        resources = self._resources
         engine = await asyncio.to_thread(open_database, settings.database_url)
-        self._engine = engine
+        resources.callback(engine.dispose)
         secret = await asyncio.to_thread(load_server_secret, settings)
         audit = AuditLog(
             engine,
@@ -120,11 +114,13 @@ class TriageServer:
             max_pending_records=settings.audit_max_pending_records,
         )
         self._audit = audit
+        resources.push_async_callback(audit.close)
         rules = await asyncio.to_thread(RulesEngine)
         tracer = None
         if settings.otlp_endpoint:
-            self._tracer_provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
-            tracer = self._tracer_provider.get_tracer("triage.pipeline")
+            provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
+            resources.push_async_callback(asyncio.to_thread, provider.shutdown)
+            tracer = provider.get_tracer("triage.pipeline")
         configs = RuntimeConfigs(
             ConfigStore(engine),
             default_config(
@@ -133,36 +129,37 @@ class TriageServer:
                 global_monthly_budget_usd_micros=round(settings.global_monthly_budget_usd * 1_000_000),
             ),
         )
-        self._configs = configs
         await configs.start()
+        resources.push_async_callback(configs.stop)
         registry = BackendRegistry(
             {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
             max_output_tokens=settings.model_max_output_tokens,
             circuit_failure_threshold=settings.circuit_failure_threshold,
             circuit_open_seconds=settings.circuit_open_seconds,
         )
-        self._registry = registry
+        resources.push_async_callback(registry.close)
         usage = UsageStore(engine)
         budgets = Budgets(usage, configs)
-        self._budgets = budgets
         await budgets.start()
+        resources.push_async_callback(budgets.stop)
         pipeline = Pipeline(
             rules,
             danger_zone_policy=settings.danger_zone_policy,
             advisor=Advisor(registry, budgets, max_seconds=settings.model_max_seconds),
             tracer=tracer,
         )
-        self._cache = ResponseCache(
+        cache = ResponseCache(
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds, redis_url=settings.redis_url
         )
+        resources.push_async_callback(cache.close)
         vault = CaseVault(parse_key(settings.encryption_key.get_secret_value())) if settings.encryption_key else None
-        classifier = Classifier(pipeline, audit, secret, configs, self._cache, vault)
+        classifier = Classifier(pipeline, audit, secret, configs, cache, vault)
         key_store = ApiKeyStore(engine)
         api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
-        self._api_keys = api_keys
         await api_keys.start()
+        resources.push_async_callback(api_keys.stop)
         limiter = RateLimiter(settings.redis_url, on_degraded=self._rate_limit_storage_changed)
-        self._limiter = limiter
+        resources.push_async_callback(limiter.close)
 
         server = aio.server(
             interceptors=self._interceptors(api_keys, limiter, configs, usage),
@@ -247,27 +244,12 @@ class TriageServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        # Pending audit records are flushed before the database is let go.
+        await self._resources.aclose()
         fields: dict[str, object] = {"port": self.port}
-        if self._api_keys is not None:
-            await self._api_keys.stop()
-        if self._limiter is not None:
-            await self._limiter.close()
-        if self._configs is not None:
-            await self._configs.stop()
-        if self._registry is not None:
-            await self._registry.close()
-        if self._budgets is not None:
-            await self._budgets.stop()
-        if self._cache is not None:
-            await self._cache.close()
-        if self._tracer_provider is not None:
-            await asyncio.to_thread(self._tracer_provider.shutdown)
         if self._audit is not None:
-            await self._audit.close()
             # How well group commit worked: records per transaction.
             fields |= {"audit_records": self._audit.records_written, "audit_commits": self._audit.commits}
-        if self._engine is not None:
-            self._engine.dispose()
         log.info("stopped", extra={"fields": fields})
 
 
