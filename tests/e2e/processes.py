@@ -17,6 +17,16 @@ class ServerProcess:
     port: int
     log: list[dict[str, object]] = field(default_factory=list)
 
+    async def wait_for(self, event: str, count: int, within_seconds: float = 30) -> None:
+        """Reads the log until `event` has been logged `count` times (e.g. every worker serving)."""
+        assert self.process.stderr is not None
+        async with asyncio.timeout(within_seconds):
+            while sum(1 for entry in self.log if entry["event"] == event) < count:
+                line = await self.process.stderr.readline()
+                if not line:
+                    raise RuntimeError(f"the server exited before logging {event!r} {count} times: {self.log}")
+                self.log.append(parse_line(line))
+
     async def read_log(self) -> None:
         """Collects the rest of the JSON log lines until the process exits."""
         assert self.process.stderr is not None

@@ -71,6 +71,7 @@ async def test_metrics_add_up_over_all_worker_processes(tmp_path: Path) -> None:
     key = await create_key(tmp_path, "service")
     metrics_port = _free_port()
     server = await start_server(tmp_path, TRIAGE_WORKERS="2", TRIAGE_METRICS_PORT=str(metrics_port))
+    await server.wait_for("serving", count=2)  # a worker still starting would get no connection
     try:
         # New connections spread over the workers (SO_REUSEPORT); each client opens its own.
         for _ in range(20):

@@ -91,6 +91,7 @@ async def test_unknown_settings_variables_are_reported(tmp_path: Path) -> None:
 async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
     key = await create_key(tmp_path, "service")
     server = await start_server(tmp_path, TRIAGE_WORKERS="2")
+    await server.wait_for("serving", count=2)
     async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
         levels = {(await client.classify(make_case("CP", "67y"))).esi_level for _ in range(20)}
     assert levels == {classification_pb2.ESI_LEVEL_2}
