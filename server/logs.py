@@ -39,6 +39,10 @@ def configure_logging(level: str) -> None:
     # Our lines never name a source file, and finding the caller walks the stack
     # on every call (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
+    # The model SDK and its HTTP stack may log request bodies (patient content)
+    # or headers (provider keys) at DEBUG, whatever our own level.
+    for name in ("openai", "httpx", "httpcore", "httpx2", "httpcore2", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -13,8 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from tests.e2e.processes import create_key, start_server
+from tests.fake_llm import FakeLLM, Reply
+from tests.integration.test_model_backends import route
 from tests.support import make_case
 from triage.v1 import classification_pb2
+from triage.v1.admin_service_pb2 import STRATEGY_MOST_URGENT
 from triage_client import AsyncTriageClient, InvalidArgument
 
 
@@ -106,14 +111,29 @@ async def test_workers_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) ->
     assert events[-1] == "workers stopped"
 
 
-async def test_patient_content_never_reaches_the_log(tmp_path: Path) -> None:
+async def test_patient_content_never_reaches_the_log(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """At DEBUG, with B, C and the narrative going to a model and cases stored: no marker in any line."""
     marker = "zq-marker-4417"
+    fake_llm.defaults["high_risk"] = Reply(content='{"high_risk": false, "reasons": []}')
+    fake_llm.defaults["resources"] = Reply(content='{"resources": []}')
+    fake_llm.defaults["narrative"] = Reply(chunks=("A narrative.",))
     key = await create_key(tmp_path, "clinician")
-    server = await start_server(tmp_path, TRIAGE_LOG_LEVEL="DEBUG")
+    admin_key = await create_key(tmp_path, "admin")
+    server = await start_server(
+        tmp_path,
+        TRIAGE_LOG_LEVEL="DEBUG",
+        TRIAGE_OPENAI_PROVIDERS=json.dumps({"fake": {"base_url": fake_llm.url}}),
+        TRIAGE_ENCRYPTION_KEY=base64.b64encode(os.urandom(32)).decode(),
+    )
+    async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=admin_key) as admin:
+        for step in ("high_risk", "resources", "narrative"):
+            await route(admin, step, STRATEGY_MOST_URGENT)
     async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
-        await client.classify(make_case(f"chest pain {marker}", "60y", history=f"note {marker}"))
+        classified = await client.classify(make_case(f"abdominal pain {marker}", "60y", history=f"note {marker}"))
         explained = [e async for e in client.explain(make_case(f"{marker} vomiting", "3y"))]
-        assert explained
+        assert explained[-2].HasField("narrative")
+        by_id = [e async for e in client.explain(classification_id=classified.classification_id)]
+        assert by_id
         with pytest.raises(InvalidArgument):
             await client.classify(make_case(marker * 200, "200y"))
     server.process.send_signal(signal.SIGTERM)
@@ -121,10 +141,12 @@ async def test_patient_content_never_reaches_the_log(tmp_path: Path) -> None:
         await server.read_log()
         await server.process.wait()
 
+    # The model was asked about the case, marker and all: the path that could leak it ran.
+    assert any(marker in json.dumps(request) for request in fake_llm.requests)
     log_text = "\n".join(json.dumps(entry) for entry in server.log)
     assert "stopped" in log_text
     assert marker not in log_text
     # The access log saw every call, and what it says of each is ids, codes and levels.
-    calls = [entry for entry in server.log if entry["event"] == "call"]
-    assert [c["code"] for c in calls] == ["OK", "OK", "INVALID_ARGUMENT"]
+    calls = [entry for entry in server.log if entry["event"] == "call" and "Admin" not in str(entry["method"])]
+    assert [c["code"] for c in calls] == ["OK", "OK", "OK", "INVALID_ARGUMENT"]
     assert {"request_id", "method", "duration_ms", "key_id", "role", "esi_level"} <= set(calls[0])
