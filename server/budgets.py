@@ -69,10 +69,6 @@ class Budgets:
             return sum(self._spent.values())
         return self._spent.get(key_id, 0)
 
-    @property
-    def month(self) -> date:
-        return self._month
-
     def reserve(self, principal: Principal | None, usd_micros: int) -> Reservation:
         """Holds `usd_micros` against the global budget and the caller's; OverBudget if it does not fit."""
         key_id = principal.account if principal is not None else ""

@@ -106,10 +106,6 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Unimplemented(ServiceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
 class Internal(ServiceError):
     """A fault of ours. Its message is generic; the cause goes to the log by type only."""
 
