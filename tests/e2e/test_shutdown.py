@@ -54,7 +54,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
         lock.execute("BEGIN EXCLUSIVE")
         in_flight = asyncio.create_task(client.classify(make_case("CP", "67y")))
         await asyncio.sleep(0.5)
-        assert not in_flight.done()
+        assert not in_flight.done(), in_flight  # its repr shows how it ended
 
         server.process.send_signal(signal.SIGTERM)
         assert await _next_status(watch) == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -69,7 +69,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_cleanly(tmp_path: Path) 
         assert await server.process.wait() == 0
     # The drained call's access-log line comes before the server reports it stopped.
     lifecycle = [e["event"] for e in server.log if e["event"] != "call"]
-    assert lifecycle[-2:] == ["shutting down", "stopped"]
+    assert lifecycle[-2:] == ["shutting down", "stopped"], server.log[-6:]
 
 
 async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
