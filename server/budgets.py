@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from server.calls import Principal
+from server.refresh import Refresher
 from server.runtime_config import RuntimeConfigs
 from server.store.usage import UsageStore
 
@@ -53,15 +54,13 @@ class Budgets:
         self._spent: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
         self._alerted: set[tuple[date, str, int]] = set()
-        self._poller: asyncio.Task[None] | None = None
+        self._refresher = Refresher(self.refresh, interval_seconds=_REFRESH_SECONDS, what="usage")
 
     async def start(self) -> None:
-        await self.refresh()
-        self._poller = asyncio.create_task(self._poll())
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        await self._refresher.stop()
 
     def spent(self, key_id: str = GLOBAL) -> int:
         """Micro-dollars spent this month: by everyone (GLOBAL) or by one key."""
@@ -94,14 +93,6 @@ class Budgets:
         self._month = month_start(today)
         self._spent = await asyncio.to_thread(self._store.spent_since, self._month)
         self._alert(None)
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(_REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except Exception as error:  # noqa: BLE001 - keep the last figures and try again
-                log.warning("could not read usage", extra={"fields": {"error_type": type(error).__name__}})
 
     def _alert(self, principal: Principal | None) -> None:
         scopes = [(GLOBAL, self._configs.current.global_monthly_budget_usd_micros)]

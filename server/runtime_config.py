@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 from server.calls import Role
 from server.errors import Aborted
 from server.esi.engine import DangerZonePolicy
+from server.refresh import Refresher
 from server.store.models import ConfigVersionRecord
 
 log = logging.getLogger("triage.config")
@@ -150,17 +151,14 @@ class RuntimeConfigs:
 
     def __init__(self, store: ConfigStore, defaults: RuntimeConfig) -> None:
         self._store = store
-        self._defaults = defaults
         self.current = defaults
-        self._poller: asyncio.Task[None] | None = None
+        self._refresher = Refresher(self._refresh, interval_seconds=POLL_INTERVAL_SECONDS, what="the configuration")
 
     async def start(self) -> None:
-        await self._refresh()
-        self._poller = asyncio.create_task(self._poll())
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        await self._refresher.stop()
 
     async def update(
         self, config: RuntimeConfig, *, expected_version: int, changed_paths: list[str], by: str
@@ -177,14 +175,6 @@ class RuntimeConfigs:
             extra={"fields": {"version": new.version, "by": by, "paths": changed_paths}},
         )
         return new
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL_SECONDS)
-            try:
-                await self._refresh()
-            except Exception as error:  # noqa: BLE001 - keep the last good configuration
-                log.warning("could not read the configuration", extra={"fields": {"error_type": type(error).__name__}})
 
     async def _refresh(self) -> None:
         if await asyncio.to_thread(self._store.latest_version) != self.current.version:

@@ -28,6 +28,7 @@ from server.calls import Principal, Role
 from server.errors import field_violation
 from server.ids import new_id
 from server.rate_limits import parse_limits
+from server.refresh import Refresher
 from server.store.api_keys import ApiKeyStore
 from server.store.models import ApiKeyRecord
 
@@ -89,17 +90,14 @@ class ApiKeyAuthenticator:
     def __init__(self, store: ApiKeyStore, server_secret: bytes, *, reload_seconds: float) -> None:
         self._store = store
         self._secret = server_secret
-        self._reload_seconds = reload_seconds
         self._keys: dict[str, ApiKeyRecord | None] = {}
-        self._reloader: asyncio.Task[None] | None = None
+        self._refresher = Refresher(self.reload, interval_seconds=reload_seconds, what="API keys")
 
     async def start(self) -> None:
-        await self.reload()
-        self._reloader = asyncio.create_task(self._reload_forever())
+        await self._refresher.start()
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
+        await self._refresher.stop()
 
     async def reload(self) -> None:
         records = await asyncio.to_thread(self._store.all)
@@ -109,14 +107,6 @@ class ApiKeyAuthenticator:
     def remember(self, record: ApiKeyRecord) -> None:
         """Applies a change made by this process at once, before the next reload."""
         self._keys[record.key_id] = record
-
-    async def _reload_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._reload_seconds)
-            try:
-                await self.reload()
-            except Exception as error:  # noqa: BLE001 - keep the last good keys and try again
-                log.warning("could not reload API keys", extra={"fields": {"error_type": type(error).__name__}})
 
     async def authenticate(self, key: str) -> Principal | None:
         match = _KEY.match(key)
