@@ -33,6 +33,10 @@ _GAP_BEFORE_FIRST = 3
 _GAP_BETWEEN = 2
 _AFTER_WINDOW = 2
 _FUZZY_MIN_LENGTH = 6
+# Chief complaints repeat ("chest pain", "abd pain", "SOB"): short texts are
+# read once and remembered, within a bound. Long notes rarely repeat.
+_REMEMBERED_TEXT_CHARS = 256
+_REMEMBERED_TEXTS = 4096
 
 
 class Kind(enum.Enum):
@@ -164,6 +168,7 @@ class TextAnalyzer:
         self._pieces = lru_cache(maxsize=65536)(self._split)
         self._canonical = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=False))
         self._canonical_repaired = lru_cache(maxsize=65536)(partial(self._canonicalize, repair=True))
+        self._remembered = lru_cache(maxsize=_REMEMBERED_TEXTS)(self._analyze)
         self._spelling = lexicon.spelling
         self._transparent = frozenset(lexicon.transparent_words)
         self._phrases: dict[str, list[tuple[tuple[str, ...], Kind, str]]] = {}
@@ -215,13 +220,18 @@ class TextAnalyzer:
         entries.append((words, kind, payload))
         vocabulary.update(w for w in words if w not in _PUNCTUATION)
 
-    def analyze(self, text: str, input_field: str) -> list[Mention]:
+    def analyze(self, text: str, input_field: str) -> tuple[Mention, ...]:
         """Returns every concept mention in text, in order."""
         if not text:
-            return []
+            return ()
+        if len(text) <= _REMEMBERED_TEXT_CHARS:
+            return self._remembered(text, input_field)
+        return self._analyze(text, input_field)
+
+    def _analyze(self, text: str, input_field: str) -> tuple[Mention, ...]:
         items = self._items(self._normalize(text, repair=True))
         _apply_scopes(items)
-        return [
+        return tuple(
             Mention(
                 concept=item.payload,
                 input_field=input_field,
@@ -232,7 +242,7 @@ class TextAnalyzer:
             )
             for item in items
             if item.kind is Kind.CONCEPT
-        ]
+        )
 
     # Normalization: source text -> tokens of canonical words.
 
