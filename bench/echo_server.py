@@ -3,7 +3,9 @@
 It answers Classify and Explain with responses the real engine produced once,
 at startup, for the benchmark's own cases: the same message sizes and the same
 serialization work as the triage server, without validation, rules, audit or
-interceptors. The ratio of the two is what the service itself costs.
+interceptors. The ratio of the two is what the service itself costs. With
+`--noop-interceptors N` it runs N interceptors that do nothing: what the
+interceptor mechanism alone costs, apart from the work interceptors do.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from grpc import aio
 
+from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
 from server.esi.engine import RulesEngine
 from server.pipeline.model import StepResult
 from server.pipeline.pipeline import Pipeline
@@ -83,9 +86,14 @@ class EchoExplain(explain_service_pb2_grpc.ExplainServiceServicer):
             yield response
 
 
-async def serve(port: int) -> None:
+class NoopInterceptor(ServerInterceptor):
+    async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
+        return await call_through(method, request, context)
+
+
+async def serve(port: int, noop_interceptors: int) -> None:
     classify, explain = await canned_responses()
-    server = aio.server()
+    server = aio.server(interceptors=[NoopInterceptor() for _ in range(noop_interceptors)])
     classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(EchoClassify(classify), server)
     explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(EchoExplain(explain), server)
     enable_reflection(server, ("triage.v1.ClassifyService", "triage.v1.ExplainService"))
@@ -99,7 +107,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--noop-interceptors", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, args.noop_interceptors))
 
 
 if __name__ == "__main__":

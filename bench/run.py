@@ -1,6 +1,6 @@
 """`make bench`: the same ghz load against a bare echo server and the triage server.
 
-Starts both servers, warms them up, runs bench/classify.json and
+Starts the servers, warms them up, runs bench/classify.json and
 bench/explain.json at the same concurrency against each, and prints req/s and
 p50/p95/p99 with the triage/echo ratio, then the triage server's memory after
 the run (at least 50,000 calls). Results are saved under bench/results/.
@@ -33,6 +33,9 @@ GHZ_VERSION = "v0.120.0"
 TARGET_RATIO = 0.60
 TARGET_P99_MS = 25.0
 TARGET_RSS_MB = 200.0
+# The triage server's own interceptors (server/app.py), mirrored by the noop echo server.
+CHAIN_LENGTH = 6
+SERVERS = ("echo", "noop", "triage")
 
 
 @dataclass
@@ -151,12 +154,19 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="triage-bench-"))
     python = sys.executable
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    with reserved_port("127.0.0.1", 0) as echo_port:
-        echoes = [
-            start([python, "-m", "bench.echo_server", "--port", str(echo_port)], env, HERE.parent,
-                  workdir / f"echo-{i}.log")[0]
-            for i in range(args.workers)
-        ]  # fmt: skip
+    # "echo" does nothing; "noop" also passes every call through as many
+    # interceptors as the triage server has, each doing nothing.
+    echo_ports: dict[str, int] = {}
+    echoes = []
+    for name, interceptors in (("echo", 0), ("noop", CHAIN_LENGTH)):
+        with reserved_port("127.0.0.1", 0) as port:
+            echoes += [
+                start([python, "-m", "bench.echo_server", "--port", str(port),
+                       "--noop-interceptors", str(interceptors)], env, HERE.parent,
+                      workdir / f"{name}-{i}.log")[0]
+                for i in range(args.workers)
+            ]  # fmt: skip
+        echo_ports[name] = port
     triage_env = env | {
         "TRIAGE_PORT": "0",
         "TRIAGE_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
@@ -176,14 +186,15 @@ def main() -> int:
     triage, triage_port = start([python, "-m", "server", "serve"], triage_env, workdir, workdir / "triage.log")
     runs: list[Run] = []
     try:
-        for port in (echo_port, triage_port):
+        servers = {**echo_ports, "triage": triage_port}
+        for port in servers.values():
             ghz(binary, "classify.json", port, args.warmup, args.concurrency, metadata)
         # Alternate servers call by call so that drift in the machine affects both.
         for config, call, total in (
             ("classify.json", "Classify", args.classify_total),
             ("explain.json", "Explain", args.explain_total),
         ):
-            for name, port in (("echo", echo_port), ("triage", triage_port)):
+            for name, port in servers.items():
                 runs.append(figures(name, call, ghz(binary, config, port, total, args.concurrency, metadata)))
         rss_mb, peak_mb = memory_mb(triage.pid)
         served = args.warmup + args.classify_total + args.explain_total
@@ -202,14 +213,16 @@ def main() -> int:
     print(f"{'call':<10}{'server':<8}{'calls':>8}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     ratios: dict[str, float] = {}
     for call in ("Classify", "Explain"):
-        for name in ("echo", "triage"):
+        for name in SERVERS:
             r = by_key[(name, call)]
             print(
                 f"{call:<10}{name:<8}{r.total:>8}{r.requests_per_second:>10.0f}{r.p50_ms:>9.2f}"
                 f"{r.p95_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
             )
-        ratios[call] = by_key[("triage", call)].requests_per_second / by_key[("echo", call)].requests_per_second
-        print(f"{call:<10}{'ratio':<8}{'':>8}{ratios[call]:>10.0%}")
+        echo = by_key[("echo", call)].requests_per_second
+        ratios[call] = by_key[("triage", call)].requests_per_second / echo
+        mechanism = by_key[("noop", call)].requests_per_second / echo
+        print(f"{call:<10}{'ratio':<8}{'':>8}{ratios[call]:>10.0%}   (noop interceptors alone: {mechanism:.0%})")
     print(f"\ntriage server memory after {served:,} calls: {rss_mb:.0f} MB resident (peak {peak_mb:.0f} MB)")
 
     classify = by_key[("triage", "Classify")]
