@@ -224,7 +224,7 @@ class TriageClient:
         return self._call(
             self._admin.ListAuditEvents,
             request or admin_service_pb2.ListAuditEventsRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     def iter_audit_events(
@@ -256,7 +256,7 @@ class TriageClient:
         return self._call(
             self._admin.GetConfig,
             request or admin_service_pb2.GetConfigRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     def update_config(
@@ -270,7 +270,7 @@ class TriageClient:
         return self._call(
             self._admin.ListBackends,
             request or admin_service_pb2.ListBackendsRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     def create_api_key(
@@ -284,7 +284,7 @@ class TriageClient:
         return self._call(
             self._admin.ListApiKeys,
             request or admin_service_pb2.ListApiKeysRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     def revoke_api_key(
@@ -298,7 +298,7 @@ class TriageClient:
         return self._call(
             self._admin.GetUsage,
             request or admin_service_pb2.GetUsageRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
 
@@ -402,7 +402,7 @@ class AsyncTriageClient:
         return await self._call(
             self._admin.ListAuditEvents,
             request or admin_service_pb2.ListAuditEventsRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     async def iter_audit_events(
@@ -438,7 +438,7 @@ class AsyncTriageClient:
         return await self._call(
             self._admin.GetConfig,
             request or admin_service_pb2.GetConfigRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     async def update_config(
@@ -452,7 +452,7 @@ class AsyncTriageClient:
         return await self._call(
             self._admin.ListBackends,
             request or admin_service_pb2.ListBackendsRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     async def create_api_key(
@@ -466,7 +466,7 @@ class AsyncTriageClient:
         return await self._call(
             self._admin.ListApiKeys,
             request or admin_service_pb2.ListApiKeysRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
 
     async def revoke_api_key(
@@ -480,5 +480,5 @@ class AsyncTriageClient:
         return await self._call(
             self._admin.GetUsage,
             request or admin_service_pb2.GetUsageRequest(),
-            timeout or self.deadlines.admin_seconds,
+            self._admin_deadline(timeout),
         )
