@@ -35,7 +35,7 @@ _AFTER_WINDOW = 2
 _FUZZY_MIN_LENGTH = 6
 # Chief complaints repeat ("chest pain", "abd pain", "SOB"): short texts are
 # read once and remembered, within a bound. Long notes rarely repeat.
-_REMEMBERED_TEXT_CHARS = 256
+REMEMBERED_TEXT_CHARS = 256
 _REMEMBERED_TEXTS = 4096
 
 
@@ -224,7 +224,7 @@ class TextAnalyzer:
         """Returns every concept mention in text, in order."""
         if not text:
             return ()
-        if len(text) <= _REMEMBERED_TEXT_CHARS:
+        if len(text) <= REMEMBERED_TEXT_CHARS:
             return self._remembered(text, input_field)
         return self._analyze(text, input_field)
 

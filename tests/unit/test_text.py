@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.esi.engine import RulesEngine
-from server.esi.text import singular
+from server.esi.text import REMEMBERED_TEXT_CHARS, singular
 from server.pipeline.model import Case
 from server.validation import validate_case
 from tests.support import make_case
@@ -89,6 +89,29 @@ def test_unicode_and_control_characters_do_not_break_reading(engine: RulesEngine
     mentions = engine._analyzer.analyze(f"{fullwidth_cp}\u200b\x00 \u2014 SOB\u2026", "chief_complaint")
 
     assert {m.concept for m in mentions} >= {"chest_pain", "dyspnea"}
+
+
+def test_a_remembered_text_keeps_the_field_it_was_read_from(engine: RulesEngine) -> None:
+    analyzer = engine._analyzer
+
+    first = analyzer.analyze("CP, denies SOB", "chief_complaint")
+    again = analyzer.analyze("CP, denies SOB", "chief_complaint")
+    elsewhere = analyzer.analyze("CP, denies SOB", "history")
+
+    assert again == first
+    assert {m.input_field for m in first} == {"chief_complaint"}
+    assert {m.input_field for m in elsewhere} == {"history"}
+
+
+def test_a_long_note_is_read_in_full(engine: RulesEngine) -> None:
+    filler = "pt ambulatory to triage, accompanied by daughter, states symptoms since this morning. " * 4
+    note = f"{filler}denies CP. hx CVA, now L arm weakness"
+    assert len(note) > REMEMBERED_TEXT_CHARS  # read afresh each time
+
+    mentions = engine._analyzer.analyze(note, "history")
+
+    assert {m.concept for m in mentions if not m.negated and not m.historical} >= {"stroke_signs"}
+    assert {m.concept for m in mentions if m.negated} >= {"chest_pain"}
 
 
 @pytest.mark.parametrize(
