@@ -87,6 +87,8 @@ class EchoExplain(explain_service_pb2_grpc.ExplainServiceServicer):
 
 
 class NoopInterceptor(ServerInterceptor):
+    """Passes every call through: the cost of being an interceptor, without its work."""
+
     async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
         return await call_through(method, request, context)
 
