@@ -36,6 +36,10 @@ TARGET_RSS_MB = 200.0
 # The triage server's own interceptors (server/app.py), mirrored by the noop echo server.
 CHAIN_LENGTH = 6
 SERVERS = ("echo", "noop", "triage")
+# ghz's connections (bench/*.json); never more than the concurrency.
+CONNECTIONS = 4
+# One caller at a time: what a single call takes, without queueing behind others.
+ONE_CALLER_CALLS = 2_000
 
 
 @dataclass
@@ -90,7 +94,8 @@ def start(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> tupl
 def ghz(binary: str, config: str, port: int, total: int, concurrency: int, metadata: str) -> dict[str, Any]:
     completed = subprocess.run(
         [binary, "--config", str(HERE / config), "--total", str(total), "--concurrency", str(concurrency),
-         "--metadata", metadata, "--format", "json", f"127.0.0.1:{port}"],
+         "--connections", str(min(CONNECTIONS, concurrency)), "--metadata", metadata, "--format", "json",
+         f"127.0.0.1:{port}"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     report: dict[str, Any] = json.loads(completed.stdout)
@@ -196,8 +201,12 @@ def main() -> int:
         ):
             for name, port in servers.items():
                 runs.append(figures(name, call, ghz(binary, config, port, total, args.concurrency, metadata)))
+        alone = {
+            name: figures(name, "Classify", ghz(binary, "classify.json", servers[name], ONE_CALLER_CALLS, 1, metadata))
+            for name in ("echo", "triage")
+        }
         rss_mb, peak_mb = memory_mb(triage.pid)
-        served = args.warmup + args.classify_total + args.explain_total
+        served = args.warmup + args.classify_total + args.explain_total + ONE_CALLER_CALLS
     finally:
         for process in (*echoes, triage):
             process.send_signal(signal.SIGTERM)
@@ -223,6 +232,11 @@ def main() -> int:
         ratios[call] = by_key[("triage", call)].requests_per_second / echo
         mechanism = by_key[("noop", call)].requests_per_second / echo
         print(f"{call:<10}{'ratio':<8}{'':>8}{ratios[call]:>10.0%}   (noop interceptors alone: {mechanism:.0%})")
+    triage_alone, echo_alone = alone["triage"], alone["echo"]
+    print(
+        f"\nClassify, one caller at a time: triage p50 {triage_alone.p50_ms:.2f} ms, p99 {triage_alone.p99_ms:.2f} ms"
+        f" (echo {echo_alone.p50_ms:.2f} / {echo_alone.p99_ms:.2f} ms)"
+    )
     print(f"\ntriage server memory after {served:,} calls: {rss_mb:.0f} MB resident (peak {peak_mb:.0f} MB)")
 
     classify = by_key[("triage", "Classify")]
@@ -245,6 +259,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "runs": [asdict(r) for r in runs],
+        "one_caller": [asdict(r) for r in alone.values()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "memory_mb": {"resident": round(rss_mb, 1), "peak": round(peak_mb, 1), "after_calls": served},
         "targets": targets,
