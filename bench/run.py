@@ -36,8 +36,6 @@ TARGET_RSS_MB = 200.0
 # The triage server's own interceptors (server/app.py), mirrored by the noop echo server.
 CHAIN_LENGTH = 6
 SERVERS = ("echo", "noop", "triage")
-# ghz's connections (bench/*.json); never more than the concurrency.
-CONNECTIONS = 4
 # One caller at a time: what a single call takes, without queueing behind others.
 ONE_CALLER_CALLS = 2_000
 
@@ -92,9 +90,11 @@ def start(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> tupl
 
 
 def ghz(binary: str, config: str, port: int, total: int, concurrency: int, metadata: str) -> dict[str, Any]:
+    # ghz refuses more connections (the config's) than concurrent calls.
+    connections = min(int(json.loads((HERE / config).read_text()).get("connections", 1)), concurrency)
     completed = subprocess.run(
         [binary, "--config", str(HERE / config), "--total", str(total), "--concurrency", str(concurrency),
-         "--connections", str(min(CONNECTIONS, concurrency)), "--metadata", metadata, "--format", "json",
+         "--connections", str(connections), "--metadata", metadata, "--format", "json",
          f"127.0.0.1:{port}"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
