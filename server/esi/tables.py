@@ -162,6 +162,9 @@ class Concept(_Table):
     counts_when_historical: bool = False
     # Mentioning the concept establishes this risk factor.
     risk_factor: RiskFactorName | None = None
+    # Words that mean this concept when a side stands right next to them, in
+    # any order ("weakness, left arm", "motor weakness rt").
+    lateral_terms: tuple[str, ...] = ()
     # Its resources count only when no other concept explains the complaint
     # ("ankle" alone needs an x-ray; "rash on both arms" does not).
     fallback: bool = False
@@ -285,6 +288,10 @@ class Lexicon(_Table):
     pseudo_negation: tuple[str, ...]
     scope_terminators: tuple[str, ...]
     transparent_words: tuple[str, ...]
+    # Sides ("left", "right"): invisible to phrases, but they make a deficit focal.
+    side_words: tuple[str, ...]
+    # Words that do not count between the words of a term written out of order.
+    filler_words: tuple[str, ...]
     list_connectors: tuple[str, ...]
     common_words: tuple[str, ...]
     numeric: tuple[NumericFinding, ...] = ()

@@ -11,8 +11,10 @@ the mechanics.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -33,6 +35,10 @@ _GAP_BEFORE_FIRST = 3
 _GAP_BETWEEN = 2
 _AFTER_WINDOW = 2
 _FUZZY_MIN_LENGTH = 6
+# Out of order, a term's words may have one other word between them ("Pain, abdominal, lower").
+_UNORDERED_GAP = 1
+# "left" and "right" become this word: no phrase sees it, but a focal deficit needs it.
+_SIDE = "<side>"
 # Chief complaints repeat ("chest pain", "abd pain", "SOB"): short texts are
 # read once and remembered, within a bound. Long notes rarely repeat.
 REMEMBERED_TEXT_CHARS = 256
@@ -53,6 +59,8 @@ class Kind(enum.Enum):
     CONNECTOR = "connector"
     NUMERIC = "numeric"
     WORD = "word"
+    # "left" or "right": invisible to phrases, but a focal deficit needs it.
+    SIDE = "side"
 
 
 # A normalized word and the span of source text it came from: (word, start, end).
@@ -78,6 +86,8 @@ class _Item:
     payload: str
     start: int
     end: int
+    # The canonical words a one-word match was made of (what unordered terms may reuse).
+    word: str = ""
     negated: bool = False
     historical: bool = False
     chronic: bool = False
@@ -171,6 +181,8 @@ class TextAnalyzer:
         self._remembered = lru_cache(maxsize=_REMEMBERED_TEXTS)(self._analyze)
         self._spelling = lexicon.spelling
         self._transparent = frozenset(lexicon.transparent_words)
+        self._sides = frozenset(lexicon.side_words)
+        self._fillers = frozenset(lexicon.filler_words)
         self._phrases: dict[str, list[tuple[tuple[str, ...], Kind, str]]] = {}
         groups: list[tuple[Kind, Iterable[tuple[str, str]]]] = [
             (Kind.NEGATION_BEFORE, ((p, "") for p in lexicon.negation_before)),
@@ -193,9 +205,19 @@ class TextAnalyzer:
         for kind, phrases in groups:
             for phrase, payload in phrases:
                 self._add_phrase(phrase, kind, payload, vocabulary)
+        unordered: list[_Unordered] = []
         for concept in concepts:
             for term in concept.terms:
-                self._add_phrase(term, Kind.CONCEPT, concept.id, vocabulary)
+                words = self._add_phrase(term, Kind.CONCEPT, concept.id, vocabulary)
+                content = frozenset(words) - self._fillers
+                if len(content) >= 2:
+                    unordered.append(_Unordered(content, concept.id, len(content), _UNORDERED_GAP))
+            for term in concept.lateral_terms:
+                words = tuple(word for word, _, _ in self._normalize(term, repair=False) if word != _SIDE)
+                vocabulary.update(words)
+                content = frozenset(words) - self._fillers | {_SIDE}
+                unordered.append(_Unordered(content, concept.id, len(content), 0))
+        self._unordered = _index_by_rarest_word(unordered)
         for expansion in self._abbreviations.values():
             vocabulary.update(expansion)
         for phrases_at in self._phrases.values():
@@ -203,8 +225,10 @@ class TextAnalyzer:
         known = {singular(w) for w in lexicon.common_words} | set(self._spelling.values())
         self._repair = SpellingRepair(vocabulary, known)
 
-    def _add_phrase(self, phrase: str, kind: Kind, payload: str, vocabulary: set[str]) -> None:
-        words = tuple(word for word, _, _ in self._normalize(phrase, repair=False))
+    def _add_phrase(self, phrase: str, kind: Kind, payload: str, vocabulary: set[str]) -> tuple[str, ...]:
+        """Adds a phrase to the table and returns its canonical words."""
+        # A side is invisible to phrases, in the tables as in the text.
+        words = tuple(word for word, _, _ in self._normalize(phrase, repair=False) if word != _SIDE)
         if not words:
             raise ValueError(f"phrase {phrase!r} has no words")
         entries = self._phrases.setdefault(words[0], [])
@@ -212,13 +236,14 @@ class TextAnalyzer:
             if existing != words:
                 continue
             if (existing_kind, existing_payload) == (kind, payload):
-                return
+                return words
             # After normalization two entries can collide ("rules out" is "rule
             # out"); the tables must say which one they mean.
             first = existing_payload or existing_kind.value
             raise ValueError(f"{phrase!r} ({' '.join(words)}) is both {first} and {payload or kind.value}")
         entries.append((words, kind, payload))
         vocabulary.update(w for w in words if w not in _PUNCTUATION)
+        return words
 
     def analyze(self, text: str, input_field: str) -> tuple[Mention, ...]:
         """Returns every concept mention in text, in order."""
@@ -312,7 +337,9 @@ class TextAnalyzer:
             part = singular(self._spelling.get(part, part))
             if repair:
                 part = self._repair.repair(self._spelling.get(part, part))
-            if part not in self._transparent:
+            if part in self._sides:
+                out.append(_SIDE)
+            elif part not in self._transparent:
                 out.append(part)
         return tuple(out)
 
@@ -334,6 +361,9 @@ class TextAnalyzer:
         return "", position + 1
 
     def _items(self, tokens: list[Token]) -> list[_Item]:
+        sides = [_Item(Kind.SIDE, _SIDE, start, end) for word, start, end in tokens if word == _SIDE]
+        if sides:
+            tokens = [token for token in tokens if token[0] != _SIDE]
         items: list[_Item] = []
         words = [word for word, _, _ in tokens]
         i = 0
@@ -349,7 +379,8 @@ class TextAnalyzer:
                             else _Item(Kind.WORD, payload, tokens[i][1], tokens[end - 1][2])
                         )
                     else:
-                        items.append(_Item(kind, payload, tokens[i][1], tokens[end - 1][2]))
+                        word = phrase[0] if len(phrase) == 1 else ""
+                        items.append(_Item(kind, payload, tokens[i][1], tokens[end - 1][2], word))
                     i = end
                     break
             else:
@@ -360,9 +391,106 @@ class TextAnalyzer:
                     kind = Kind.CONNECTOR
                 else:
                     kind = Kind.WORD
-                items.append(_Item(kind, word, tokens[i][1], tokens[i][2]))
+                items.append(_Item(kind, word, tokens[i][1], tokens[i][2], word))
                 i += 1
-        return items
+        if sides:
+            items = sorted([*items, *sides], key=lambda item: item.start)
+        return self._compose(items)
+
+    def _compose(self, items: list[_Item]) -> list[_Item]:
+        """Finds terms written out of order within a stretch of a clause ("Pain, chest", "weakness, left arm").
+
+        A stretch ends at a clause's end or at any trigger, so that "denies pain,
+        chest" stays negated. The words of a term may come in any order, with at
+        most a word between them (none for a side and its deficit), and may be
+        words that matched nothing or one-word concepts ("pain", "arm"); the
+        longest term wins and takes their place.
+        """
+        replaced: dict[int, _Item] = {}
+        dropped: set[int] = set()
+        content: list[int] = []
+        for k in range(len(items) + 1):
+            item = items[k] if k < len(items) else None
+            if item is None or item.kind in _STRETCH_ENDS:
+                if len(content) >= 2:
+                    self._compose_stretch(items, content, replaced, dropped)
+                content = []
+            elif item.kind is not Kind.CONNECTOR and item.payload not in self._fillers:
+                content.append(k)
+        if not replaced:
+            return items
+        return [replaced.get(k, item) for k, item in enumerate(items) if k not in dropped]
+
+    def _compose_stretch(
+        self, items: list[_Item], content: list[int], replaced: dict[int, _Item], dropped: set[int]
+    ) -> None:
+        positions: dict[str, list[int]] = {}
+        for position, k in enumerate(content):
+            word = items[k].word if items[k].kind is not Kind.SIDE else _SIDE
+            if word == _SIDE and position + 1 < len(content) and _is_phrase(items[content[position + 1]]):
+                continue  # "R knee pain": the side is the knee's
+            if word and items[k].kind in _REUSABLE:
+                positions.setdefault(word, []).append(position)
+        if len(positions) < 2:
+            return
+        found: list[tuple[int, int, tuple[int, ...], str]] = []
+        for word in positions:
+            for term in self._unordered.get(word, ()):
+                if not term.words <= positions.keys():
+                    continue
+                chosen = _closest([positions[w] for w in term.words])
+                span = chosen[-1] - chosen[0] + 1
+                if span - term.size <= term.max_gap:
+                    found.append((-term.size, span, chosen, term.concept))
+        used: set[int] = set()
+        for _, _, chosen, concept in sorted(found):
+            if used.intersection(chosen):
+                continue
+            used.update(chosen)
+            ks = [content[p] for p in chosen]
+            first = items[ks[0]]
+            replaced[ks[0]] = _Item(Kind.CONCEPT, concept, first.start, max(items[k].end for k in ks))
+            dropped.update(ks[1:])
+
+
+def _is_phrase(item: _Item) -> bool:
+    return item.kind is Kind.CONCEPT and not item.word
+
+
+def _closest(choices: list[list[int]]) -> tuple[int, ...]:
+    """One position per word, as close together as possible, in order."""
+    best: tuple[int, ...] = ()
+    for combination in itertools.product(*choices):
+        if len(set(combination)) < len(combination):
+            continue
+        ordered = tuple(sorted(combination))
+        if not best or ordered[-1] - ordered[0] < best[-1] - best[0]:
+            best = ordered
+    return best or tuple(sorted(c[0] for c in choices))
+
+
+@dataclass(frozen=True, slots=True)
+class _Unordered:
+    """A concept term matched as a set of words: its content words, at most max_gap words apart."""
+
+    words: frozenset[str]
+    concept: str
+    size: int
+    max_gap: int
+
+
+def _index_by_rarest_word(terms: list[_Unordered]) -> dict[str, tuple[_Unordered, ...]]:
+    """Each term under its least common word, so that a stretch checks few terms."""
+    frequency: Counter[str] = Counter(word for term in terms for word in term.words)
+    index: dict[str, list[_Unordered]] = {}
+    seen: set[tuple[frozenset[str], str]] = set()
+    for term in terms:
+        if (term.words, term.concept) in seen:
+            continue
+        seen.add((term.words, term.concept))
+        rarest = min(sorted(term.words), key=lambda w: frequency[w])
+        index.setdefault(rarest, []).append(term)
+    return {word: tuple(entries) for word, entries in index.items()}
 
 
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
@@ -417,6 +545,11 @@ def _apply_scopes(items: list[_Item]) -> None:
 _TRIGGERS = frozenset(
     {Kind.NEGATION_BEFORE, Kind.HISTORICAL, Kind.CHRONIC_BEFORE, Kind.NEGATION_AFTER, Kind.TERMINATOR}
 )
+# What ends a stretch in which words may be read out of order, and what may be reused there.
+_STRETCH_ENDS = _TRIGGERS | {Kind.CHRONIC_AFTER, Kind.PSEUDO}
+_REUSABLE = frozenset({Kind.WORD, Kind.CONCEPT, Kind.SIDE})
+# Words that neither end a scope nor count as a gap in it.
+_SCOPE_NEUTRAL = frozenset({Kind.CONNECTOR, Kind.SIDE})
 
 
 def _scope_after(items: list[_Item], k: int) -> Iterator[_Item]:
@@ -430,7 +563,7 @@ def _scope_after(items: list[_Item], k: int) -> Iterator[_Item]:
             seen = True
             gap = 0
             yield item
-        elif item.kind is not Kind.CONNECTOR:
+        elif item.kind not in _SCOPE_NEUTRAL:
             gap += 1
             if gap > (_GAP_BETWEEN if seen else _GAP_BEFORE_FIRST):
                 return
@@ -445,7 +578,7 @@ def _scope_before(items: list[_Item], k: int) -> Iterator[_Item]:
             return
         if item.kind in _TRIGGERS:
             return
-        if item.kind is not Kind.CONNECTOR:
+        if item.kind not in _SCOPE_NEUTRAL:
             steps += 1
             if steps > _AFTER_WINDOW:
                 return

@@ -55,6 +55,24 @@ CASES = [
     # common words that are one letter from a clinical word stay themselves
     ("turning blue", {"severe_respiratory_distress"}, set()),
     ("would like a refill", {"medication_refill"}, set()),
+    # site and symptom in any order, across commas, as pick-lists write them
+    ("Pain, chest", {"chest_pain"}, set()),
+    ("Pain, abdominal, lower", {"abdominal_pain"}, set()),
+    ("Breathing, difficulty", {"dyspnea"}, set()),
+    ("pain in the chest", {"chest_pain"}, set()),
+    ("denies pain, chest", set(), {"chest_pain"}),
+    # a side beside a deficit makes it focal; a side beside another complaint does not
+    ("weakness, left arm", {"stroke_signs"}, set()),
+    ("motor weakness rt", {"stroke_signs"}, set()),
+    ("numbness R hand", {"stroke_signs"}, set()),
+]
+
+# (text, concepts it must not mention at all)
+NOT_READ = [
+    ("weakness, R knee pain", {"stroke_signs"}),
+    ("generalized weakness, right hip pain", {"stroke_signs"}),
+    # a word repaired to a clinical word does not compose into one ("controlled" is not "uncontrolled")
+    ("bleeding controlled", {"major_hemorrhage"}),
 ]
 
 
@@ -67,6 +85,13 @@ def test_reads_concepts(engine: RulesEngine, text: str, current: set[str], not_c
     assert current <= found, mentions
     assert not_current <= other, mentions
     assert not (not_current & found), mentions
+
+
+@pytest.mark.parametrize(("text", "absent"), NOT_READ, ids=[c[0] for c in NOT_READ])
+def test_does_not_read_concepts(engine: RulesEngine, text: str, absent: set[str]) -> None:
+    mentions = engine._analyzer.analyze(text, "chief_complaint")
+
+    assert not ({m.concept for m in mentions} & absent), mentions
 
 
 def test_quotes_the_source_text_exactly(engine: RulesEngine) -> None:
