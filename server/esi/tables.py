@@ -165,6 +165,8 @@ class Concept(_Table):
     # Words that mean this concept when a side stands right next to them, in
     # any order ("weakness, left arm", "motor weakness rt").
     lateral_terms: tuple[str, ...] = ()
+    # Where the concept, its terms and its resources come from, when the file's header does not say.
+    source: str = ""
     # Its resources count only when no other concept explains the complaint
     # ("ankle" alone needs an x-ray; "rash on both arms" does not).
     fallback: bool = False
