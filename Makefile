@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GHZ_VERSION := v0.120.0
 GHZ := $(BIN)/ghz
-EVAL_CSV ?= tests/data/mimic-iv-ed-demo/triage_with_age.csv
+# `make eval` runs every named dataset; EVAL_CSV=path/to/triage_with_age.csv runs that CSV instead,
+# and EVAL_ARGS passes more options (--dataset nhamcs-test --output json --config step.resources=...).
+EVAL_CSV ?=
 
 .PHONY: setup run test lint proto bench eval lock clean
 
@@ -49,7 +51,7 @@ bench: setup $(GHZ)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
 
 eval: setup
-	$(BIN)/triage-server evaluate $(EVAL_CSV)
+	$(BIN)/triage-server evaluate $(if $(EVAL_CSV),--csv $(EVAL_CSV)) $(EVAL_ARGS)
 
 # Re-pin every dependency to the newest versions that satisfy pyproject.toml.
 lock:

@@ -24,12 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="triage-server", description="The ED triage gRPC service.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve gRPC on TRIAGE_HOST:TRIAGE_PORT until SIGTERM or SIGINT")
-    evaluate = commands.add_parser(
-        "evaluate", help="compare the rules engine with nurse ESI levels in a MIMIC-IV-ED style CSV"
-    )
-    evaluate.add_argument("csv", type=Path, help="path to triage_with_age.csv")
-    evaluate.add_argument("--output", choices=("text", "json"), default="text")
-    evaluate.add_argument("--danger-zone-policy", choices=("up_triage", "flag_only"), default="up_triage")
+    evaluate = add_evaluate_parser(commands)
     keys = commands.add_parser(
         "keys", help="manage API keys directly in TRIAGE_DATABASE_URL (bootstrap; or use `triage admin keys`)"
     )
@@ -59,10 +54,79 @@ def main(argv: list[str] | None = None) -> int:
         from server.workers import run
 
         return run(settings)
-    from server.evaluation import evaluate_csv
+    return run_evaluate(args, evaluate)
 
-    result = evaluate_csv(args.csv, args.danger_zone_policy)
-    print(json.dumps(result.as_dict(), indent=2) if args.output == "json" else result.report())
+
+# The named sets of server/evaluation.DATASETS (a test keeps them equal), listed here so that
+# building the parser does not import the pipeline (about a second on every command).
+EVALUATION_DATASETS = (
+    "mimic-demo",
+    "nhamcs-2016",
+    "nhamcs-2017",
+    "nhamcs-2018",
+    "nhamcs-2020",
+    "nhamcs-2021",
+    "nhamcs-train",
+    "nhamcs-test",
+)
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="run labelled triage data through the pipeline and compare with the nurses' levels",
+        description="Runs named datasets (all of them by default) and/or a MIMIC-IV-ED style CSV through "
+        "validation and the pipeline, and reports agreement with the labels, resource agreement and "
+        "critical-outcome capture. The labels are a nurse's or a hospital's rating, not truth.",
+    )
+    evaluate.add_argument(
+        "csv", type=Path, nargs="?", default=None, help="a CSV in the layout of MIMIC-IV-ED's triage_with_age.csv"
+    )
+    evaluate.add_argument("--csv", dest="csv_option", type=Path, metavar="PATH", help="the same as the positional CSV")
+    evaluate.add_argument(
+        "--dataset",
+        action="append",
+        choices=EVALUATION_DATASETS,
+        metavar="NAME",
+        help=f"a named set, repeatable: {', '.join(EVALUATION_DATASETS)} (default: all, unless a CSV is given)",
+    )
+    evaluate.add_argument("--output", choices=("text", "json"), default="text")
+    evaluate.add_argument(
+        "--danger-zone-policy",
+        choices=("up_triage", "flag_only"),
+        default=None,
+        help="shorthand for --config danger_zone_policy=...",
+    )
+    evaluate.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a runtime setting as `triage admin config set` takes it, such as step.resources=rules or "
+        "danger_zone_policy=flag_only; repeatable. Without it: the default configuration",
+    )
+    return evaluate
+
+
+def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`triage-server evaluate`: the figures for each set, as text or JSON."""
+    from server.evaluation import run, runtime_config
+
+    if args.csv is not None and args.csv_option is not None:
+        parser.error("give the CSV once: as a path or as --csv")
+    csv = args.csv if args.csv is not None else args.csv_option
+    if csv is not None and not csv.is_file():
+        parser.error(f"{csv}: no such file")
+    names = args.dataset if args.dataset is not None else ([] if csv is not None else list(EVALUATION_DATASETS))
+    assignments = list(args.config)
+    if args.danger_zone_policy is not None:
+        assignments.insert(0, f"danger_zone_policy={args.danger_zone_policy}")
+    try:
+        config = runtime_config(assignments)
+    except ValueError as error:
+        parser.error(str(error))
+    report = run(names, config, csv_paths=[csv] if csv is not None else [])
+    print(json.dumps(report.as_dict(), indent=2) if args.output == "json" else report.text())
     return 0
 
 

@@ -182,6 +182,17 @@ class Rule(_Table):
     when: Condition
     # How sure the rule is when it fires; feeds the classification's confidence.
     certainty: float = Field(default=0.85, ge=0, le=1)
+    # A judgement call rather than a red flag (ESI.md B: "severe pain ... counts
+    # when the presentation is consistent with it", "suspicious for ACS"): a
+    # learned estimate under the `model` strategy may confirm it or set it aside.
+    # A and every red flag are hard: nothing sets them aside.
+    judgement: bool = False
+
+    @model_validator(mode="after")
+    def _judgement_only_at_b(self) -> Rule:
+        if self.judgement and self.step != "high_risk":
+            raise ValueError(f"rule {self.code}: only a high-risk (B) rule can be a judgement call")
+        return self
 
 
 class Floor(_Table):
