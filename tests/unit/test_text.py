@@ -65,6 +65,13 @@ CASES = [
     ("weakness, left arm", {"stroke_signs"}, set()),
     ("motor weakness rt", {"stroke_signs"}, set()),
     ("numbness R hand", {"stroke_signs"}, set()),
+    # ED shorthand in its ED sense (lexicon.toml: MS is mental status, not multiple sclerosis)
+    ("altered MS x 1 day", {"altered_mental_status"}, set()),
+    ("HA x3d, denies AMS", {"headache"}, {"altered_mental_status"}),
+    ("DIB, no BM x3d", {"dyspnea", "constipation"}, set()),
+    # reason-for-visit labels as NCHS writes them, cut short or inverted
+    ("Oth symptoms/problems relat to psycho...", {"psychiatric"}, set()),
+    ("Family history of cancer", {"administrative_visit"}, set()),
 ]
 
 # (text, concepts it must not mention at all)
