@@ -11,13 +11,13 @@ GHZ := $(BIN)/ghz
 # and EVAL_ARGS passes more options (--dataset nhamcs-test --output json --config step.resources=...).
 EVAL_CSV ?=
 
-.PHONY: setup run test lint proto bench eval lock clean
+.PHONY: setup run test lint proto bench eval train lock clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev,train]'
 	touch $(STAMP)
 
 $(GHZ):
@@ -49,14 +49,21 @@ proto: setup
 
 bench: setup $(GHZ)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
+	$(BIN)/python -m bench.learned_overhead
 
 eval: setup
 	$(BIN)/triage-server evaluate $(if $(EVAL_CSV),--csv $(EVAL_CSV)) $(EVAL_ARGS)
 
+# Refit the learned estimates on NHAMCS 2016-2018 and write server/learned/data/model.json
+# (scikit-learn is in the `train` extra, which the dev setup installs; serving needs none of it).
+# Then re-choose the thresholds in server/learned/data/policy.toml on the same years (make eval).
+train: setup
+	$(BIN)/python -m server.learned.train
+
 # Re-pin every dependency to the newest versions that satisfy pyproject.toml.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev]'
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev,train]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .lock-venv
 

@@ -93,7 +93,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     evaluate.add_argument("--output", choices=("text", "json"), default="text")
     evaluate.add_argument(
         "--danger-zone-policy",
-        choices=("up_triage", "flag_only"),
+        choices=("up_triage", "flag_only", "learned"),
         default=None,
         help="shorthand for --config danger_zone_policy=...",
     )

@@ -65,9 +65,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish."
     )
-    danger_zone_policy: Literal["up_triage", "flag_only"] = Field(
-        default="up_triage",
-        description="ESI decision point D: raise danger-zone cases to ESI 2, or keep ESI 3 and flag them.",
+    danger_zone_policy: Literal["up_triage", "flag_only", "learned"] = Field(
+        default="learned",
+        description=(
+            "ESI decision point D: raise danger-zone cases to ESI 2, keep ESI 3 and flag them, or raise them "
+            "when the learned estimate of a critical outcome is high enough (the handbook's 'consider')."
+        ),
     )
     audit_max_batch_records: int = Field(
         default=512, ge=1, description="Most audit records written in one transaction (group commit)."

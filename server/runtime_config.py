@@ -23,14 +23,18 @@ from sqlmodel import Session, select
 
 from server.calls import Role
 from server.errors import Aborted
-from server.esi.engine import DangerZonePolicy
+from server.esi.engine import DangerZonePolicy as RulesDangerZonePolicy
 from server.refresh import Refresher
 from server.store.models import ConfigVersionRecord
 
 log = logging.getLogger("triage.config")
 
 Strategy = Literal["rules", "model", "most_urgent"]
+# D's policy: the rules' two, or "learned": up-triage when the estimated risk is high enough.
+DangerZonePolicy = RulesDangerZonePolicy | Literal["learned"]
 RULES = "rules"
+# The learned estimates (server/learned): free, offline, for B and C only.
+LEARNED = "learned"
 POLL_INTERVAL_SECONDS = 0.5
 
 # USD per million tokens (input, output), from the providers' published price lists
@@ -74,10 +78,12 @@ class RuntimeConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int = 0
-    high_risk: StepPolicy = StepPolicy()
-    resources: StepPolicy = StepPolicy()
+    # B and C: the learned estimates, combined with the rules under `model`
+    # (server/pipeline/learned.py): what evaluates best on NHAMCS 2016-2018.
+    high_risk: StepPolicy = StepPolicy(backend=LEARNED, strategy="model")
+    resources: StepPolicy = StepPolicy(backend=LEARNED, strategy="model")
     narrative: StepPolicy = StepPolicy()
-    danger_zone_policy: DangerZonePolicy = "up_triage"
+    danger_zone_policy: DangerZonePolicy = "learned"
     prices: dict[str, Price] = Field(default_factory=dict)
     global_monthly_budget_usd_micros: int = Field(default=20_000_000, ge=0)
     default_rate_limits: dict[Role, str] = Field(default_factory=dict)
@@ -86,6 +92,10 @@ class RuntimeConfig(BaseModel):
 
     def price(self, backend: str) -> Price | None:
         return self.prices.get(backend)
+
+
+# The rules alone at every step: ESI as written, no estimate and no model asked.
+RULES_ONLY = RuntimeConfig(high_risk=StepPolicy(), resources=StepPolicy(), danger_zone_policy="up_triage")
 
 
 def default_config(

@@ -35,6 +35,8 @@ def settings(tmp_path: Path) -> Settings:
         database_url=f"sqlite:///{tmp_path / 'triage.db'}",
         secret_key="test-secret",  # type: ignore[arg-type]
         shutdown_grace_seconds=2.0,
+        # ESI as published at D, so that tests of the service see ESI 2 for danger-zone vitals.
+        danger_zone_policy="up_triage",
         # Generous limits: tests of the limits set their own on a key.
         rate_limit_clinician="10000/second",
         rate_limit_service="10000/second",

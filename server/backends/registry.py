@@ -1,4 +1,4 @@
-"""The backends a step can be routed to, by name: `rules`, or `<provider>:<model>`.
+"""The backends a step can be routed to, by name: `rules`, `learned`, or `<provider>:<model>`.
 
 The provider `openai` is always known (TRIAGE_OPENAI_BASE_URL and
 TRIAGE_OPENAI_API_KEY); more OpenAI-compatible providers (Azure OpenAI, a
@@ -15,7 +15,7 @@ from openai import AsyncOpenAI
 
 from server.backends.circuit import CircuitBreaker
 from server.backends.openai_compatible import OpenAICompatibleBackend
-from server.runtime_config import RULES
+from server.runtime_config import LEARNED, RULES
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class BackendRegistry:
 
     def knows(self, name: str) -> bool:
         provider, _, model = name.partition(":")
-        return name == RULES or (provider in self.providers and bool(model))
+        return name in (RULES, LEARNED) or (provider in self.providers and bool(model))
 
     def model(self, name: str) -> OpenAICompatibleBackend:
         """The backend called `name` (`provider:model`; the provider must be known)."""

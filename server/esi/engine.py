@@ -67,6 +67,8 @@ COMPLEX_PROCEDURE_WEIGHT = 2
 # Certainty lost for each vital sign a step needed and did not get.
 _MISSING_VITAL_PENALTY = 0.05
 _UNRECOGNIZED_CERTAINTY = 0.45
+# The warning of a complaint that matched no concept.
+UNRECOGNIZED_COMPLAINT = "unrecognized_complaint"
 _NEAR_THRESHOLD_CERTAINTY = 0.7
 
 
@@ -309,7 +311,7 @@ class RulesEngine:
             add(self.tables.resources.unrecognized, self.tables.resources.unrecognized_reason, "chief_complaint")
             warnings = (
                 Warning(
-                    "unrecognized_complaint",
+                    UNRECOGNIZED_COMPLAINT,
                     "chief_complaint",
                     "the complaint matched no known concept: resources were assumed, check them",
                 ),

@@ -40,7 +40,7 @@ from server.pipeline.model import (
     StepResult,
     Warning,
 )
-from server.runtime_config import RULES, Price, RuntimeConfig, StepPolicy
+from server.runtime_config import LEARNED, RULES, Price, RuntimeConfig, StepPolicy
 from triage.v1 import classification_pb2
 
 # Time kept back from the caller's deadline for the rules fallback, the audit and the answer.
@@ -65,7 +65,9 @@ class Advisor:
             policy = config.resources
         else:
             return None
-        return None if policy.backend == RULES or policy.strategy == "rules" else policy
+        if policy.backend in (RULES, LEARNED) or policy.strategy == "rules":
+            return None
+        return policy
 
     def seconds(self) -> float:
         """How long a model may take: what the caller has left, less the reserve."""

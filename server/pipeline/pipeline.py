@@ -17,8 +17,9 @@ from typing import Protocol
 from opentelemetry import trace
 
 from server.calls import current_call
-from server.esi.engine import CaseFacts, DangerZonePolicy, RulesEngine
+from server.esi.engine import CaseFacts, RulesEngine
 from server.pipeline.advice import Advisor
+from server.pipeline.learned import Estimates, LearnedSteps
 from server.pipeline.model import (
     STEP_DANGER_ZONE_VITALS,
     STEP_HIGH_RISK,
@@ -31,7 +32,7 @@ from server.pipeline.model import (
     StepResult,
     TriageResult,
 )
-from server.runtime_config import RuntimeConfig
+from server.runtime_config import LEARNED, DangerZonePolicy, RuntimeConfig
 
 DECISION_POINTS: tuple[Step, ...] = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS)
 
@@ -46,6 +47,8 @@ class TriageRun:
     facts: CaseFacts
     danger_zone_policy: DangerZonePolicy
     results: list[StepResult] = field(default_factory=list)
+    # The learned estimates, made when a step first needs them.
+    estimates: Estimates | None = None
 
 
 class StepBackend(Protocol):
@@ -76,7 +79,8 @@ class RulesBackend:
         if step == STEP_RESOURCES:
             return engine.resources(facts)
         if step == STEP_DANGER_ZONE_VITALS:
-            return engine.danger_zone(facts, run.danger_zone_policy)
+            # "learned" is the pipeline's to resolve (learned.py); here it cannot arrive.
+            return engine.danger_zone(facts, "flag_only" if run.danger_zone_policy == "flag_only" else "up_triage")
         if step == STEP_REVIEW:
             return engine.review(facts, run.results)
         raise ValueError(f"unknown step {step}")
@@ -92,9 +96,12 @@ class Pipeline:
         danger_zone_policy: DangerZonePolicy = "up_triage",
         backends: Mapping[Step, StepBackend] | None = None,
         advisor: Advisor | None = None,
+        learned: LearnedSteps | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.engine = engine
+        # The learned estimates, for steps routed to them: free, offline, in process.
+        self.learned = learned or LearnedSteps(engine)
         # Asks a model about B and C when the runtime configuration says so.
         self.advisor = advisor
         # A span per step when tracing is configured. Without it no span is
@@ -103,6 +110,11 @@ class Pipeline:
         self.danger_zone_policy: DangerZonePolicy = danger_zone_policy
         rules = RulesBackend(engine)
         self._backends = dict.fromkeys((*DECISION_POINTS, STEP_REVIEW), rules) | dict(backends or {})
+
+    @property
+    def version(self) -> str:
+        """The clinical tables' version and the learned estimates', which ship with them."""
+        return f"{self.engine.version}+{self.learned.version}"
 
     async def steps(self, case: Case, config: RuntimeConfig | None = None) -> AsyncIterator[StepResult]:
         """Yields each step's result as it completes; the review comes last.
@@ -124,9 +136,9 @@ class Pipeline:
                 break
         yield await self._answer(STEP_REVIEW, run, config)
 
-    async def classify(self, case: Case) -> TriageResult:
-        """Runs every step and returns the result."""
-        return self.result([step async for step in self.steps(case)])
+    async def classify(self, case: Case, config: RuntimeConfig | None = None) -> TriageResult:
+        """Runs every step and returns the result (the rules alone without a configuration)."""
+        return self.result([step async for step in self.steps(case, config)])
 
     def result(self, steps: Sequence[StepResult]) -> TriageResult:
         """The pipeline's answer from its step results (the review is the last)."""
@@ -140,15 +152,20 @@ class Pipeline:
             confidence=review.certainty,
             decided_at=STEP_REVIEW if review.findings else decided.step,
             rationale=review.rationale,
-            ruleset_version=self.engine.version,
+            ruleset_version=self.version,
         )
 
     async def _answer(self, step: Step, run: TriageRun, config: RuntimeConfig | None) -> StepResult:
         backend = self._backends[step]
         with self._span(step) as span:
             started = time.perf_counter()
-            result = await backend.answer(step, run)
-            result.backend = backend.name
+            if step == STEP_DANGER_ZONE_VITALS and run.danger_zone_policy == LEARNED:
+                result = self.learned.danger_zone(run.facts, self._estimates(run))
+            else:
+                result = await backend.answer(step, run)
+                result.backend = backend.name
+            if config is not None:
+                result = self._learned(step, result, run, config)
             if self.advisor is not None and config is not None:
                 policy = self.advisor.policy(step, config)
                 if policy is not None:
@@ -160,6 +177,19 @@ class Pipeline:
                 span.set_attribute("triage.esi_level", result.level)
         run.results.append(result)
         return result
+
+    def _learned(self, step: Step, result: StepResult, run: TriageRun, config: RuntimeConfig) -> StepResult:
+        """The step's result combined with the learned estimate, when the step is routed to it."""
+        if step == STEP_HIGH_RISK and config.high_risk.backend == LEARNED and config.high_risk.strategy != "rules":
+            return self.learned.high_risk(result, self._estimates(run), config.high_risk.strategy)
+        if step == STEP_RESOURCES and config.resources.backend == LEARNED and config.resources.strategy != "rules":
+            return self.learned.resources(result, self._estimates(run), config.resources.strategy)
+        return result
+
+    def _estimates(self, run: TriageRun) -> Estimates:
+        if run.estimates is None:
+            run.estimates = self.learned.estimate(run.facts)
+        return run.estimates
 
     def _span(self, step: Step) -> contextlib.AbstractContextManager[trace.Span]:
         if self._tracer is None:

@@ -20,7 +20,7 @@ from server.errors import InvalidArgument, NotFound, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
 from server.ids import is_id
 from server.rate_limits import parse_limits
-from server.runtime_config import RULES, RuntimeConfig, RuntimeConfigs
+from server.runtime_config import LEARNED, RULES, RuntimeConfig, RuntimeConfigs
 from server.services.convert import (
     CONFIG_STEPS,
     api_key_message,
@@ -131,7 +131,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> admin_service_pb2.ListBackendsResponse:
         config = self._configs.current
         routed = {getattr(config, step).backend for step in CONFIG_STEPS}
-        names = [RULES, *sorted((set(config.prices) | routed) - {RULES})]
+        names = [RULES, LEARNED, *sorted((set(config.prices) | routed) - {RULES, LEARNED})]
         return admin_service_pb2.ListBackendsResponse(
             backends=[
                 backend_message(name, config.price(name), self._backends.circuit_state(name))
@@ -238,12 +238,20 @@ def validated_config(values: dict[str, Any], backends: BackendRegistry) -> Runti
         ) from None
     for step in CONFIG_STEPS:
         policy = getattr(config, step)
-        if not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
+        if policy.backend == LEARNED:
+            if step == "narrative":
+                violations.append(
+                    field_violation(
+                        f"config.{step}.backend", "the learned estimates cannot write a narrative", "INVALID_BACKEND"
+                    )
+                )
+        elif not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
             providers = ", ".join(sorted(backends.providers))
             violations.append(
                 field_violation(
                     f"config.{step}.backend",
-                    f"must be rules or provider:model, with a configured provider ({providers})",
+                    f"must be rules, learned (high_risk, resources) or provider:model, "
+                    f"with a configured provider ({providers})",
                     "INVALID_BACKEND",
                 )
             )

@@ -128,6 +128,7 @@ _STRATEGIES: dict[str, admin_service_pb2.Strategy.ValueType] = {
 _DANGER_ZONE: dict[str, admin_service_pb2.DangerZonePolicy.ValueType] = {
     "up_triage": admin_service_pb2.DANGER_ZONE_POLICY_UP_TRIAGE,
     "flag_only": admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY,
+    "learned": admin_service_pb2.DANGER_ZONE_POLICY_LEARNED,
 }
 CONFIG_STEPS = ("high_risk", "resources", "narrative")
 

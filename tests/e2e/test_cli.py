@@ -66,13 +66,13 @@ async def test_classify_json_from_stdin(target: str) -> None:
 
 async def test_explain_prints_each_step_then_the_level(target: str) -> None:
     code, out, _ = await run(
-        TRIAGE, "--target", target, "explain", "--age", "5mo", "--complaint", "N/V/D", "--temp", "37.1"
+        TRIAGE, "--target", target, "explain", "--age", "67", "--complaint", "CP radiating to L arm", "--hr", "88"
     )
 
     assert code == 0
     lines = out.splitlines()
-    assert [line[0] for line in lines if line[:1] in "ABCDE" and line[1:3] == "  "] == ["A", "B", "C", "E"]
-    assert any(line.startswith("ESI 5") for line in lines)
+    assert [line[0] for line in lines if line[:1] in "ABCDE" and line[1:3] == "  "] == ["A", "B", "E"]
+    assert any(line.startswith("ESI 2") for line in lines)
 
 
 async def test_explain_json_is_one_event_per_line(target: str) -> None:
@@ -117,12 +117,12 @@ async def test_health_of_an_unreachable_server_fails(unused_tcp_port: int) -> No
 
 
 async def test_admin_audit_lists_what_was_classified(target: str) -> None:
-    await run(TRIAGE, "--target", target, "classify", "--age", "40", "--complaint", "rash")
+    await run(TRIAGE, "--target", target, "classify", "--age", "67", "--complaint", "chest pain")
 
     code, out, _ = await run(TRIAGE, "--target", target, "admin", "audit")
 
     assert code == 0
-    assert "ESI 5" in out
+    assert "ESI 2" in out
     assert len(out.splitlines()) == 1
 
 
@@ -195,7 +195,7 @@ async def test_admin_config_get_and_set(target: str) -> None:
     code, out, _ = await run(TRIAGE, "--target", target, "admin", "config", "get")
     assert code == 0
     assert "version=0" in out.splitlines()
-    assert "step.high_risk=rules" in out.splitlines()
+    assert "step.high_risk=learned" in out.splitlines()
     assert "price.openai:gpt-4o-mini=0.15,0.6" in out.splitlines()
 
     code, out, err = await run(
@@ -216,7 +216,10 @@ async def test_admin_config_get_and_set(target: str) -> None:
     ):
         assert expected in lines
 
-    code, _, err = await run(TRIAGE, "--target", target, "admin", "config", "set", "step.resources=openai:gpt-4o-mini")
+    code, _, err = await run(
+        TRIAGE, "--target", target, "admin", "config", "set",
+        "step.resources=openai:gpt-4o-mini", "strategy.resources=rules",
+    )  # fmt: skip
     assert code == 0
     assert "note: strategy.resources=rules, so openai:gpt-4o-mini is not asked" in err
 

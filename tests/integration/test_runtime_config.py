@@ -34,7 +34,10 @@ async def test_the_defaults_come_from_the_settings(client: AsyncTriageClient) ->
     config = (await client.get_config()).config
 
     assert config.version == 0
-    assert config.high_risk.backend == "rules"
+    # B and C: the learned estimates under the rules; D from the settings (the tests' is up_triage).
+    for step in (config.high_risk, config.resources):
+        assert (step.backend, step.strategy) == ("learned", admin_service_pb2.STRATEGY_MODEL)
+    assert config.narrative.backend == "rules"
     assert config.danger_zone_policy == admin_service_pb2.DANGER_ZONE_POLICY_UP_TRIAGE
     assert config.global_monthly_budget_usd_micros == 20_000_000
     prices = {p.backend: p for p in config.prices}
@@ -59,7 +62,7 @@ async def test_a_change_is_versioned_applied_and_recorded(
     assert changed.version == 1
     assert changed.danger_zone_policy == admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY
     assert changed.high_risk.strategy == admin_service_pb2.STRATEGY_MOST_URGENT
-    assert changed.resources.backend == "rules"  # not in the mask: unchanged
+    assert changed.resources.backend == "learned"  # not in the mask: unchanged
     assert changed.updated_by  # the admin key's id
     assert (await client.classify(TACHYCARDIC)).esi_level == 3
 
@@ -99,8 +102,9 @@ async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: A
         (update(0, ["no_such_field"]), "update_mask"),
         (update(0, ["high_risk.backend"], high_risk=StepPolicy(backend="openai:no-price")), "config.high_risk.backend"),
         (update(0, ["resources.backend"], resources=StepPolicy(backend="not a backend")), "config.resources.backend"),
+        (update(0, ["narrative.backend"], narrative=StepPolicy(backend="learned")), "config.narrative.backend"),
         (
-            update(0, ["high_risk.strategy"], high_risk=StepPolicy(strategy=admin_service_pb2.STRATEGY_MODEL)),
+            update(0, ["high_risk"], high_risk=StepPolicy(backend="rules", strategy=admin_service_pb2.STRATEGY_MODEL)),
             "config.high_risk.strategy",
         ),
         (
@@ -126,6 +130,7 @@ async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: A
         "unknown-path",
         "no-price",
         "bad-name",
+        "learned-narrative",
         "model-needs-backend",
         "bad-limit",
         "price",

@@ -56,7 +56,10 @@ async def test_classify_returns_an_audited_classification(client: AsyncTriageCli
     assert is_id(classification.classification_id)
     assert classification.case_ref == "enc-0001"
     assert classification.pipeline.ruleset_version.startswith("esi4-rules-")
-    assert {b.backend for b in classification.pipeline.step_backends} == {"rules"}
+    backends = {b.step: b.backend for b in classification.pipeline.step_backends}
+    # B is the rules' answer, with the learned estimate beside it (the default configuration).
+    assert backends[classification_pb2.STEP_HIGH_RISK] == "rules+learned"
+    assert backends[classification_pb2.STEP_LIFE_SAVING] == backends[classification_pb2.STEP_REVIEW] == "rules"
     assert classification.rationale.startswith("ESI 2")
     # The record was durable before the response: read it with a fresh connection.
     rows = _rows(settings)
@@ -99,7 +102,8 @@ async def test_explain_streams_each_step_then_the_classification(client: AsyncTr
         classification_pb2.STEP_DANGER_ZONE_VITALS,
         classification_pb2.STEP_REVIEW,
     ]
-    assert all(s.question and s.answer and s.backend == "rules" for s in steps)
+    assert all(s.question and s.answer for s in steps)
+    assert [s.backend for s in steps] == ["rules", "rules+learned", "rules+learned", "rules", "rules"]
     assert [s.decisive for s in steps] == [False, False, False, True, True]
     assert steps[3].esi_level == classification_pb2.ESI_LEVEL_2
     assert "danger_zone.heart_rate" in {f.code for f in steps[3].evidence}
@@ -331,3 +335,18 @@ async def test_reflection_resolves_method_symbols(server: TriageServer) -> None:
             return str(database.FindFileContainingSymbol("triage.v1.ClassifyService.Classify").name)
 
     assert await asyncio.to_thread(lookup) == "triage/v1/classify_service.proto"
+
+
+async def test_the_learned_estimate_is_named_in_classify_and_in_explain(client: AsyncTriageClient) -> None:
+    case = make_case("SOB", "81y", arrival="ambulance", vitals={"spo2_percent": 91, "heart_rate_bpm": 104})
+
+    classification = await client.classify(case)
+    events = [event async for event in client.explain(case)]
+
+    assert classification.esi_level == classification_pb2.ESI_LEVEL_2
+    [finding] = [f for f in classification.findings if f.code == "learned.high_risk"]
+    assert finding.text.startswith("estimated risk of a critical outcome ")
+    assert "arrived by ambulance" in finding.text
+    b = next(e.step for e in events if e.step.step == classification_pb2.STEP_HIGH_RISK)
+    assert b.backend == "learned"
+    assert [f.text for f in b.evidence if f.code == "learned.high_risk"] == [finding.text]

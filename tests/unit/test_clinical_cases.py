@@ -1,4 +1,4 @@
-"""The rules engine on clinical cases, one test per row of clinical_cases.toml."""
+"""Clinical cases, one test per row of clinical_cases.toml: on the rules alone, and on the default configuration."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
+from server.runtime_config import RuntimeConfig
 from server.validation import validate_case
 from tests.support import case_kwargs, make_case
 from triage.v1 import classification_pb2
@@ -48,6 +49,21 @@ async def test_clinical_case(entry: dict[str, Any], engine: RulesEngine) -> None
         assert code in {w.code for w in result.warnings}, result.warnings
     if "max_confidence" in entry:
         assert result.confidence <= entry["max_confidence"]
+
+
+@pytest.mark.parametrize("entry", [c for c in CASES if "policy" not in c], ids=lambda c: c["id"])
+async def test_clinical_case_on_the_default_configuration(entry: dict[str, Any], engine: RulesEngine) -> None:
+    pipeline = Pipeline(engine)
+    case = validate_case(make_case(entry["complaint"], **case_kwargs(entry)))
+
+    result = pipeline.result([step async for step in pipeline.steps(case, RuntimeConfig())])
+
+    expected = entry.get("default_level", entry["level"])
+    assert result.esi_level == expected, f"{result.rationale} (rules alone: ESI {entry['level']})"
+    if "default_level" in entry:
+        assert entry["default_because"][:2] in ("B:", "C:", "D:"), "A and the safety floors never depart"
+    if entry["level"] == 1 or entry.get("decided_at") == "review":
+        assert "default_level" not in entry
 
 
 def test_every_case_names_a_level_and_a_unique_id() -> None:

@@ -110,9 +110,8 @@ def test_every_concept_added_for_the_reasons_for_visit_names_its_source(engine: 
 
 def test_no_concept_added_for_the_reasons_for_visit_makes_a_patient_high_risk(engine: RulesEngine) -> None:
     tables = engine.tables
-    named = set()
-    for entry in (*tables.rules, *tables.floors):
-        named |= entry.when.concept_ids()
+    named = {c for rule in tables.rules for c in rule.when.concept_ids()}
+    named |= {c for floor in tables.floors for c in floor.when.concept_ids()}
 
     assert NCHS_CONCEPTS & named == set()
     assert all(tables.concepts[cid].risk_factor is None for cid in NCHS_CONCEPTS)

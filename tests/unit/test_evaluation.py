@@ -36,7 +36,7 @@ from server.pipeline.model import (
     StepResult,
 )
 from server.pipeline.pipeline import Pipeline, TriageRun
-from server.runtime_config import RuntimeConfig
+from server.runtime_config import RULES_ONLY, RuntimeConfig
 from server.validation import validate_case
 from triage.v1 import case_pb2
 
@@ -73,7 +73,7 @@ def scripted_evaluator(config: RuntimeConfig | None = None) -> tuple[Evaluator, 
     scripted = Scripted()
     steps = (STEP_LIFE_SAVING, STEP_HIGH_RISK, STEP_RESOURCES, STEP_DANGER_ZONE_VITALS, STEP_REVIEW)
     pipeline = Pipeline(RulesEngine(), backends=dict.fromkeys(steps, scripted))
-    return Evaluator(config, pipeline), scripted
+    return Evaluator(config or RULES_ONLY, pipeline), scripted
 
 
 def visit(
@@ -247,7 +247,8 @@ def test_a_bad_config_value_is_refused(assignment: str, named: str) -> None:
 
 
 async def test_the_config_reaches_the_pipeline() -> None:
-    evaluator, scripted = scripted_evaluator(runtime_config(["danger_zone_policy=flag_only"]))
+    rules = ["step.high_risk=rules", "strategy.high_risk=rules", "step.resources=rules", "strategy.resources=rules"]
+    evaluator, scripted = scripted_evaluator(runtime_config([*rules, "danger_zone_policy=flag_only"]))
 
     await evaluator.evaluate(VISITS[:3])
 
@@ -341,7 +342,7 @@ def test_without_arguments_every_named_set_runs(monkeypatch: pytest.MonkeyPatch)
 
 
 def mimic_by_hand() -> tuple[Counter[tuple[int, int]], int]:
-    """The MIMIC demo classified one row at a time with Pipeline.classify: (nurse, engine) counts, unlabelled."""
+    """The MIMIC demo classified one row at a time on the default configuration: (nurse, engine) counts, unlabelled."""
     import asyncio
 
     pipeline = Pipeline(RulesEngine())
@@ -352,7 +353,7 @@ def mimic_by_hand() -> tuple[Counter[tuple[int, int]], int]:
             if not row["acuity"]:
                 unlabelled += 1
                 continue
-            classified = asyncio.run(pipeline.classify(validate_case(mimic_visit(row).case)))
+            classified = asyncio.run(pipeline.classify(validate_case(mimic_visit(row).case), RuntimeConfig()))
             pairs[(int(float(row["acuity"])), classified.esi_level)] += 1
     return pairs, unlabelled
 

@@ -65,6 +65,11 @@ class _DangerZonePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Dang
     """DANGER_ZONE_POLICY_UP_TRIAGE raises the level to ESI 2."""
     DANGER_ZONE_POLICY_FLAG_ONLY: _DangerZonePolicy.ValueType  # 2
     """DANGER_ZONE_POLICY_FLAG_ONLY keeps ESI 3 and adds a finding."""
+    DANGER_ZONE_POLICY_LEARNED: _DangerZonePolicy.ValueType  # 3
+    """DANGER_ZONE_POLICY_LEARNED raises the level to ESI 2 when the learned
+    estimate of a critical outcome is at or above its threshold (the
+    handbook's "consider"), and otherwise keeps ESI 3 and adds a finding.
+    """
 
 class DangerZonePolicy(_DangerZonePolicy, metaclass=_DangerZonePolicyEnumTypeWrapper):
     """DangerZonePolicy is what decision point D does when a vital sign is in the
@@ -79,6 +84,11 @@ DANGER_ZONE_POLICY_UP_TRIAGE: DangerZonePolicy.ValueType  # 1
 """DANGER_ZONE_POLICY_UP_TRIAGE raises the level to ESI 2."""
 DANGER_ZONE_POLICY_FLAG_ONLY: DangerZonePolicy.ValueType  # 2
 """DANGER_ZONE_POLICY_FLAG_ONLY keeps ESI 3 and adds a finding."""
+DANGER_ZONE_POLICY_LEARNED: DangerZonePolicy.ValueType  # 3
+"""DANGER_ZONE_POLICY_LEARNED raises the level to ESI 2 when the learned
+estimate of a critical outcome is at or above its threshold (the
+handbook's "consider"), and otherwise keeps ESI 3 and adds a finding.
+"""
 Global___DangerZonePolicy: _TypeAlias = DangerZonePolicy  # noqa: Y015
 
 class _Role:

@@ -1,0 +1,1 @@
+"""Learned estimates for decision points B and C: features, plain-Python serving, and training."""
