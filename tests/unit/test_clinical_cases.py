@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from server.esi.engine import RulesEngine
+from server.esi.tables import load_tables
+from server.esi.vitals import STATE_CODES
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RuntimeConfig
 from server.validation import validate_case
@@ -16,6 +18,16 @@ from tests.support import case_kwargs, make_case
 from triage.v1 import classification_pb2
 
 CASES: list[dict[str, Any]] = tomllib.loads((Path(__file__).parent / "clinical_cases.toml").read_text())["case"]
+# Floors that repeat a B red flag's condition word for word: on the rules alone
+# B has already answered ESI 2 whenever they hold, so the review never raises
+# the level with them and no case can show their code. They stay as the limit
+# a model-based step can never go below (ESI.md "safety first"); the test
+# below checks that each is still shadowed, so that it is named again as soon
+# as a case could reach it.
+SHADOWED_FLOORS = {
+    "floor.neonatal_fever": "high_risk.neonatal_fever",
+    "floor.young_infant_fever": "high_risk.young_infant_fever",
+}
 STEPS = {
     "life_saving": classification_pb2.STEP_LIFE_SAVING,
     "high_risk": classification_pb2.STEP_HIGH_RISK,
@@ -70,3 +82,28 @@ def test_every_case_names_a_level_and_a_unique_id() -> None:
     ids = [c["id"] for c in CASES]
     assert len(ids) == len(set(ids))
     assert all(c["level"] in (1, 2, 3, 4, 5) for c in CASES)
+
+
+def test_every_rule_and_floor_code_is_named_by_a_case() -> None:
+    tables = load_tables()
+    rules = {rule.code: rule for rule in tables.rules}
+    floors = {floor.code: floor for floor in tables.floors}
+    named = {code for case in CASES for code in case.get("findings", ())}
+
+    untested = sorted((rules.keys() | floors.keys()) - named - SHADOWED_FLOORS.keys())
+    assert not untested, f"no clinical case names these rule or floor codes in `findings`: {untested}"
+
+    other_codes = {"resources.count"} | {
+        f"danger_zone.{state.removeprefix('danger_zone_')}" for state in STATE_CODES if state.startswith("danger_zone_")
+    }
+    mentioned = {code for case in CASES for key in ("findings", "absent") for code in case.get(key, ())}
+    stale = sorted(mentioned - rules.keys() - floors.keys() - other_codes)
+    assert not stale, f"clinical cases name codes that no rule, floor or step produces: {stale}"
+
+    for floor_code, rule_code in SHADOWED_FLOORS.items():
+        assert floor_code not in named, f"{floor_code} is named by a case: remove it from SHADOWED_FLOORS"
+        rule, floor = rules[rule_code], floors[floor_code]
+        assert rule.step == "high_risk", f"{rule_code} no longer answers ESI 2"
+        assert not rule.judgement, f"{rule_code} is a judgement call: a learned estimate may set it aside"
+        assert floor.at_least_level == 2, f"{floor_code} no longer asks for ESI 2"
+        assert rule.when == floor.when, f"{floor_code} is no longer shadowed by {rule_code}"
