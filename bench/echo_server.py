@@ -22,8 +22,8 @@ from google.protobuf import json_format
 from grpc import aio
 
 from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
+from server.domain import StepResult
 from server.esi.engine import RulesEngine
-from server.pipeline.model import StepResult
 from server.pipeline.pipeline import Pipeline
 from server.reflection import enable_reflection
 from server.services.convert import fill_classification, fill_step_event

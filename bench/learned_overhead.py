@@ -21,8 +21,8 @@ import statistics
 import time
 
 from server.datasets import nhamcs_visits
+from server.domain import Case
 from server.esi.engine import CaseFacts, RulesEngine
-from server.pipeline.model import Case
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RULES_ONLY, RuntimeConfig
 from server.validation import validate_case

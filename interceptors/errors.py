@@ -1,6 +1,7 @@
 """Turns exceptions into gRPC status codes with google.rpc details, in one place.
 
-A ServiceError becomes its status and details. A request that cannot be parsed
+A ServiceError becomes its status and details; a domain error (server/domain.py)
+first becomes its ServiceError (server/errors.from_domain). A request that cannot be parsed
 (corrupt wire format, invalid UTF-8) becomes INVALID_ARGUMENT, not the UNKNOWN
 grpc would answer. Anything else is our fault: INTERNAL with a generic message,
 and a log line naming only the exception type and where it was raised,
@@ -20,7 +21,8 @@ from grpc import aio
 
 from interceptors.base import Behaviour, Context, Deserializer, ServerInterceptor, call_through
 from server.calls import current_call
-from server.errors import Internal, InvalidArgument, ServiceError, field_violation
+from server.domain import DomainError
+from server.errors import Internal, InvalidArgument, ServiceError, field_violation, from_domain
 
 log = logging.getLogger("triage.errors")
 
@@ -72,6 +74,8 @@ class ErrorInterceptor(ServerInterceptor):
     async def _abort(self, error: Exception, context: Context, method_name: str) -> None:
         if isinstance(error, aio.AbortError):
             raise error
+        if isinstance(error, DomainError):
+            error = from_domain(error)
         if not isinstance(error, ServiceError):
             # Where it happened, not what it said: frames carry no values.
             where = traceback.extract_tb(error.__traceback__)[-1]

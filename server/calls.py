@@ -4,7 +4,8 @@ The observability interceptor opens a CallState for every call; the others
 fill it in (who is calling, the deadline, rate-limit headers) and services
 read it (the key id and request id go into the audit record, the level into
 the access log). It lives in a context variable, which follows the call's
-task and nothing else.
+task and nothing else. Only the transport layer reads it: the pipeline gets a
+RunContext (server/domain.py) built from it as an argument.
 """
 
 from __future__ import annotations
@@ -12,54 +13,10 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-from server.errors import DeadlineExceeded
+from server.domain import LedgerEntry, Principal, Role, RunContext
 
-
-class Role(StrEnum):
-    """What a caller may do; named as in the contract's `Role` enum."""
-
-    DEMO = "demo"
-    CLINICIAN = "clinician"
-    SERVICE = "service"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller.
-
-    `subject` is what rate limits and usage are counted against: an API key's
-    id, an OIDC issuer and subject, or an anonymous caller's address. It is
-    never a secret.
-    """
-
-    subject: str
-    # None: a genuine identity that holds none of our roles (an OIDC token without the claim).
-    role: Role | None
-    key_id: str = ""
-    # The caller's own rate limit ("10/second;1000/hour"); empty means the role's default.
-    rate_limit: str = ""
-    # The caller's own monthly model budget (0: none), and whether spending it refuses calls.
-    monthly_budget_usd_micros: int = 0
-    refuse_over_budget: bool = False
-
-    @property
-    def account(self) -> str:
-        """What audit records, usage and budgets are kept under: the key id, else the subject."""
-        return self.key_id or self.subject
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One model call's use: the step, the backend, tokens and cost."""
-
-    step: int
-    backend: str
-    input_tokens: int
-    output_tokens: int
-    usd_micros: int
+__all__ = ["CallState", "LedgerEntry", "Principal", "Role", "begin_call", "current_call"]
 
 
 @dataclass(slots=True)
@@ -85,10 +42,9 @@ class CallState:
     def remaining_seconds(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def check_deadline(self) -> None:
-        """Raises DeadlineExceeded once the call's time is up; called between units of work."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceeded("the deadline expired before the classification was finished")
+    def run_context(self) -> RunContext:
+        """What the domain gets from this call: its deadline, its caller and its ledger (shared)."""
+        return RunContext(deadline=self.deadline, principal=self.principal, ledger=self.ledger)
 
 
 _current: ContextVar[CallState | None] = ContextVar("triage_call", default=None)

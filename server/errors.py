@@ -1,6 +1,8 @@
 """The server's exception family: one class per status code a caller can see.
 
-Services and interceptors raise these; interceptors/errors.py turns them into a
+Services and interceptors raise these; the domain (pipeline, steps, rules)
+raises the transport-free errors of server/domain.py, which `from_domain`
+maps to these. interceptors/errors.py turns them into a
 gRPC status carrying `google.rpc` details (BadRequest, QuotaFailure, RetryInfo,
 ...) in one place. Messages are written for the caller and never contain
 patient content.
@@ -17,6 +19,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from server import domain
 
 
 class ServiceError(Exception):
@@ -110,6 +114,15 @@ class Internal(ServiceError):
     """A fault of ours. Its message is generic; the cause goes to the log by type only."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+def from_domain(error: domain.DomainError) -> ServiceError:
+    """The status a domain error is answered with: the one mapping from domain to transport."""
+    if isinstance(error, domain.DeadlineExceeded):
+        return DeadlineExceeded(error.message)
+    if isinstance(error, domain.BudgetExhausted):
+        return ResourceExhausted(error.message, subject=error.subject, description=error.description, retry_after=None)
+    return Internal("internal error; it has been logged")
 
 
 def _duration(delta: timedelta) -> duration_pb2.Duration:

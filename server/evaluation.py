@@ -36,9 +36,9 @@ from server.datasets import (
     mimic_visits,
     nhamcs_visits,
 )
+from server.domain import STEP_RESOURCES
 from server.errors import InvalidArgument
 from server.esi.engine import RulesEngine
-from server.pipeline.model import STEP_RESOURCES
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RuntimeConfig
 from server.services.convert import config_message, config_values

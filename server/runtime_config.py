@@ -21,20 +21,19 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from server.calls import Role
+from server.domain import LEARNED, RULES, Role
+from server.domain import DangerZonePolicy as RulesDangerZonePolicy
 from server.errors import Aborted
-from server.esi.engine import DangerZonePolicy as RulesDangerZonePolicy
 from server.refresh import Refresher
 from server.store.models import ConfigVersionRecord
+
+__all__ = ["LEARNED", "RULES", "ConfigStore", "RuntimeConfig", "RuntimeConfigs", "StepPolicy", "Strategy"]
 
 log = logging.getLogger("triage.config")
 
 Strategy = Literal["rules", "model", "most_urgent"]
 # D's policy: the rules' two, or "learned": up-triage when the estimated risk is high enough.
 DangerZonePolicy = RulesDangerZonePolicy | Literal["learned"]
-RULES = "rules"
-# The learned estimates (server/learned): free, offline, for B and C only.
-LEARNED = "learned"
 POLL_INTERVAL_SECONDS = 0.5
 
 # USD per million tokens (input, output), from the providers' published price lists
@@ -79,7 +78,8 @@ class RuntimeConfig(BaseModel):
 
     version: int = 0
     # B and C: the learned estimates, combined with the rules under `model`
-    # (server/pipeline/learned.py): what evaluates best on NHAMCS 2016-2018.
+    # (server/steps/high_risk.py, resources.py): what evaluates best on NHAMCS 2016-2018.
+    # A StepPolicy field is named after its step (server/steps: config_field).
     high_risk: StepPolicy = StepPolicy(backend=LEARNED, strategy="model")
     resources: StepPolicy = StepPolicy(backend=LEARNED, strategy="model")
     narrative: StepPolicy = StepPolicy()

@@ -13,9 +13,9 @@ from typing import TypeAlias
 from google.protobuf.descriptor import EnumDescriptor
 from google.rpc import error_details_pb2
 
+from server.domain import Age, Case, Vitals
 from server.errors import InvalidArgument, field_violation
 from server.esi.tables import DAYS_PER_MONTH, DAYS_PER_YEAR
-from server.pipeline.model import Age, Case, Vitals
 from triage.v1 import case_pb2
 
 MAX_AGE_YEARS = 130

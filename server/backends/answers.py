@@ -1,56 +1,38 @@
-"""What a model is asked for each step, and the shape its answer must have.
+"""What every model question shares: the system prompt, the case as text, the question's shape.
 
-The answers are pydantic models: their JSON schema goes to the model as a
-`json_schema` response format (strict), and the reply is validated against
-them; a reply that does not validate is discarded and the rules' answer
-stands. The prompts restate ESI v4's decision points (ESI.md); they are
-instructions, not clinical rules: the rules engine still sets the floor.
+Each step that asks a model (server/steps/high_risk.py, resources.py) gives a
+ModelQuestion: its prompt and its answer type, a pydantic model whose JSON
+schema goes to the model as a `json_schema` response format (strict) and
+against which the reply is validated; a reply that does not validate is
+discarded and the rules' answer stands. The prompts restate ESI v4's decision
+points (ESI.md); they are instructions, not clinical rules: the rules engine
+still sets the floor. The narrative's prompt is here (it is no decision point).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from server.pipeline.model import Case
+from server.domain import Case
 from triage.v1 import case_pb2
 
-ResourceName = Literal[
-    "labs",
-    "ecg",
-    "xray",
-    "advanced_imaging",
-    "iv_fluids",
-    "parenteral_medication",
-    "specialty_consultation",
-    "simple_procedure",
-    "complex_procedure",
-]
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
-class HighRiskAnswer(BaseModel):
-    """Decision point B."""
+@dataclass(frozen=True, slots=True)
+class ModelQuestion(Generic[Answer]):
+    """What a step asks a model: the question's name (the JSON schema's), its prompt, its answer's type.
 
-    model_config = ConfigDict(extra="forbid")
+    Each decision point that asks a model defines its own (server/steps); the
+    backends only send it.
+    """
 
-    high_risk: bool = Field(description="true if the patient should not wait: ESI 2")
-    reasons: list[str] = Field(max_length=5, description="short clinical reasons, each under 200 characters")
-
-
-class Resource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: ResourceName
-    reason: str = Field(max_length=300)
-
-
-class ResourcesAnswer(BaseModel):
-    """Decision point C."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    resources: list[Resource] = Field(max_length=9, description="distinct ESI resource types the patient will need")
+    name: str
+    prompt: str
+    answer_type: type[Answer]
 
 
 SYSTEM_PROMPT = (
@@ -58,24 +40,10 @@ SYSTEM_PROMPT = (
     "Answer only the question asked, in the JSON format required. The nurse decides; you advise."
 )
 
-QUESTIONS = {
-    "high_risk": (
-        "ESI decision point B: is this a high-risk situation, new confusion, lethargy or disorientation, or "
-        "severe pain or distress, so that the patient should not wait (ESI 2)? Answer high_risk and give the "
-        "reasons."
-    ),
-    "resources": (
-        "ESI decision point C: which different resource types will this patient need in the ED? Count types, "
-        "not tests: labs (blood or urine), ecg, xray, advanced_imaging (CT, MRI, ultrasound), iv_fluids, "
-        "parenteral_medication (IV, IM or nebulized), specialty_consultation, simple_procedure (e.g. laceration "
-        "repair, urinary catheter), complex_procedure (e.g. procedural sedation). History and physical "
-        "examination, oral medications, prescriptions and simple wound care are not resources."
-    ),
-    "narrative": (
-        "Explain to the triage nurse, in three to five plain sentences, the reasoning for the suggested ESI level "
-        "below. Do not change the level."
-    ),
-}
+NARRATIVE_PROMPT = (
+    "Explain to the triage nurse, in three to five plain sentences, the reasoning for the suggested ESI level "
+    "below. Do not change the level."
+)
 
 _VITALS = (
     ("heart_rate_bpm", "heart rate", "/min"),

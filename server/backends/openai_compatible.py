@@ -14,19 +14,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 import openai
 from openai import AsyncOpenAI
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
-from server.backends.answers import QUESTIONS, SYSTEM_PROMPT, describe_case
+from server.backends.answers import NARRATIVE_PROMPT, SYSTEM_PROMPT, Answer, ModelQuestion, describe_case
 from server.backends.circuit import CircuitBreaker
-from server.pipeline.model import Case
-
-Answer = TypeVar("Answer", bound=BaseModel)
+from server.domain import Case
 
 # Faults worth another try; anything else (400, 401, 404 ...) will not mend itself.
 TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
@@ -73,19 +71,20 @@ class OpenAICompatibleBackend:
     def max_output_tokens(self) -> int:
         return self._max_output_tokens
 
-    def input_tokens_at_most(self, question: str, content: str) -> int:
-        """A generous bound on the prompt's tokens (a token is rarely under 3 characters)."""
-        messages = _messages(question, content)
+    def input_tokens_at_most(self, prompt: str, content: str) -> int:
+        """A generous bound on the tokens of `prompt` about `content` (a token is rarely under 3 characters)."""
+        messages = _messages(prompt, content)
         return sum(len(m["content"]) for m in messages) // 3 + 16 * len(messages)
 
-    async def ask(self, question: str, case: Case, answer_type: type[Answer], *, seconds: float) -> Reply[Answer]:
-        """Asks `question` (a key of QUESTIONS) about `case`; the reply must fit `answer_type`."""
+    async def ask(self, question: ModelQuestion[Answer], case: Case, *, seconds: float) -> Reply[Answer]:
+        """Asks `question` about `case`; the reply must fit the question's answer type."""
+        answer_type = question.answer_type
         response = await self._call(
             seconds,
-            messages=_messages(question, describe_case(case)),
+            messages=_messages(question.prompt, describe_case(case)),
             response_format={
                 "type": "json_schema",
-                "json_schema": {"name": question, "schema": answer_type.model_json_schema(), "strict": True},
+                "json_schema": {"name": question.name, "schema": answer_type.model_json_schema(), "strict": True},
             },
         )
         usage = _usage(response.usage)
@@ -99,7 +98,7 @@ class OpenAICompatibleBackend:
         """Streams the narrative's text chunks, then its Usage last."""
         stream = await self._call(
             seconds,
-            messages=_messages("narrative", f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"),
+            messages=_messages(NARRATIVE_PROMPT, f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"),
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -153,9 +152,9 @@ class OpenAICompatibleBackend:
         return response
 
 
-def _messages(question: str, content: str) -> list[dict[str, str]]:
+def _messages(prompt: str, content: str) -> list[dict[str, str]]:
     return [
-        {"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{QUESTIONS[question]}"},
+        {"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{prompt}"},
         {"role": "user", "content": content},
     ]
 

@@ -10,8 +10,24 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
+from server.domain import (
+    STEP_DANGER_ZONE_VITALS,
+    STEP_HIGH_RISK,
+    STEP_LETTERS,
+    STEP_LIFE_SAVING,
+    STEP_RESOURCES,
+    STEP_REVIEW,
+    Case,
+    DangerZonePolicy,
+    Finding,
+    PredictedResource,
+    RiskFactor,
+    Step,
+    StepResult,
+    Warning,
+)
 from server.esi.tables import (
     DAYS_PER_YEAR,
     RESOURCE_LABELS,
@@ -32,34 +48,7 @@ from server.esi.vitals import (
     assess_vitals,
     danger_zone_band,
 )
-from server.pipeline.model import (
-    STEP_DANGER_ZONE_VITALS,
-    STEP_HIGH_RISK,
-    STEP_LETTERS,
-    STEP_LIFE_SAVING,
-    STEP_RESOURCES,
-    STEP_REVIEW,
-    Case,
-    Finding,
-    PredictedResource,
-    RiskFactor,
-    Step,
-    StepResult,
-    Warning,
-)
 from triage.v1 import case_pb2, classification_pb2
-
-DangerZonePolicy = Literal["up_triage", "flag_only"]
-
-QUESTIONS: dict[Step, str] = {
-    STEP_LIFE_SAVING: "Does the patient need an immediate life-saving intervention?",
-    STEP_HIGH_RISK: (
-        "Is this a high-risk situation, new confusion, lethargy or disorientation, or severe pain or distress?"
-    ),
-    STEP_RESOURCES: "How many different resources will the patient need?",
-    STEP_DANGER_ZONE_VITALS: "Are the vital signs in the danger zone?",
-    STEP_REVIEW: "Do safety floors apply, and how sure is the answer?",
-}
 
 _TEXT_FIELD_LABELS = {"chief_complaint": "chief complaint", "history": "history"}
 _CHILD_BELOW_DAYS = 18 * DAYS_PER_YEAR
@@ -70,6 +59,19 @@ _UNRECOGNIZED_CERTAINTY = 0.45
 # The warning of a complaint that matched no concept.
 UNRECOGNIZED_COMPLAINT = "unrecognized_complaint"
 _NEAR_THRESHOLD_CERTAINTY = 0.7
+
+
+def resource_count(resources: Iterable[PredictedResource]) -> int:
+    """ESI's count of different resources: a complex procedure counts as two."""
+    return sum(
+        COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
+        for r in resources
+    )
+
+
+def resources_level(count: int) -> int | None:
+    """Decision point C's level from the count: none is ESI 5, one ESI 4, two or more go on to D (None)."""
+    return 5 if count == 0 else 4 if count == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +223,11 @@ class RulesEngine:
 
     # A and B
 
-    def life_saving(self, facts: CaseFacts) -> StepResult:
-        """Decision point A: does the patient need an immediate life-saving intervention?"""
+    def life_saving(self, facts: CaseFacts, question: str) -> StepResult:
+        """Decision point A: does the patient need an immediate life-saving intervention?
+
+        `question` is the step's wording (server/steps), quoted in its result; so for every step.
+        """
         warnings = _missing(
             facts,
             [
@@ -230,17 +235,18 @@ class RulesEngine:
                 (RESPIRATORY_RATE, "a respiratory rate too low to breathe could not be checked"),
             ],
         )
-        return self._rule_step(facts, STEP_LIFE_SAVING, "life_saving", 1, warnings)
+        return self._rule_step(facts, STEP_LIFE_SAVING, question, "life_saving", 1, warnings)
 
-    def high_risk(self, facts: CaseFacts) -> StepResult:
+    def high_risk(self, facts: CaseFacts, question: str) -> StepResult:
         """Decision point B: high risk, new confusion, or severe pain or distress?"""
         warnings = _missing(facts, [(PAIN, "severe pain was judged from the text alone")])
-        return self._rule_step(facts, STEP_HIGH_RISK, "high_risk", 2, warnings)
+        return self._rule_step(facts, STEP_HIGH_RISK, question, "high_risk", 2, warnings)
 
     def _rule_step(
         self,
         facts: CaseFacts,
         step: Step,
+        question: str,
         step_name: str,
         level: int,
         warnings: tuple[Warning, ...],
@@ -263,7 +269,7 @@ class RulesEngine:
         if findings:
             return StepResult(
                 step=step,
-                question=QUESTIONS[step],
+                question=question,
                 answer=f"yes: ESI {level}",
                 findings=tuple(findings),
                 level=level,
@@ -273,7 +279,7 @@ class RulesEngine:
         base = 0.9 if recognised else 0.7
         return StepResult(
             step=step,
-            question=QUESTIONS[step],
+            question=question,
             answer="no",
             certainty=max(0.3, base - _MISSING_VITAL_PENALTY * len(warnings)),
             warnings=warnings,
@@ -281,7 +287,7 @@ class RulesEngine:
 
     # C
 
-    def resources(self, facts: CaseFacts) -> StepResult:
+    def resources(self, facts: CaseFacts, question: str) -> StepResult:
         """Decision point C: how many different resources will the patient need?"""
         child = facts.age_days < _CHILD_BELOW_DAYS
         predicted: dict[int, PredictedResource] = {}
@@ -318,18 +324,15 @@ class RulesEngine:
             )
             certainty = _UNRECOGNIZED_CERTAINTY
         resources = tuple(sorted(predicted.values(), key=lambda r: r.kind))
-        count = sum(
-            COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
-            for r in resources
-        )
+        count = resource_count(resources)
         if count in (1, 2):
             # One resource more or less moves the level: the answer is less sure.
             certainty = min(certainty, 0.75)
-        level = 5 if count == 0 else 4 if count == 1 else None
+        level = resources_level(count)
         names = ", ".join(RESOURCE_LABELS[r.kind] for r in resources) or "none"
         return StepResult(
             step=STEP_RESOURCES,
-            question=QUESTIONS[STEP_RESOURCES],
+            question=question,
             answer=f"{count} resource{'s' if count != 1 else ''} ({names})",
             findings=(
                 Finding(
@@ -348,7 +351,7 @@ class RulesEngine:
 
     # D
 
-    def danger_zone(self, facts: CaseFacts, policy: DangerZonePolicy) -> StepResult:
+    def danger_zone(self, facts: CaseFacts, policy: DangerZonePolicy, question: str) -> StepResult:
         """Decision point D: danger-zone vital signs in a patient needing two or more resources?"""
         t = self.tables.vitals
         zone = danger_zone_band(t, facts.age_days)
@@ -378,7 +381,7 @@ class RulesEngine:
         if not findings:
             return StepResult(
                 step=STEP_DANGER_ZONE_VITALS,
-                question=QUESTIONS[STEP_DANGER_ZONE_VITALS],
+                question=question,
                 answer="no: ESI 3",
                 level=3,
                 certainty=max(0.3, certainty),
@@ -390,7 +393,7 @@ class RulesEngine:
             )
             return StepResult(
                 step=STEP_DANGER_ZONE_VITALS,
-                question=QUESTIONS[STEP_DANGER_ZONE_VITALS],
+                question=question,
                 answer="yes, flagged: ESI 3",
                 findings=flagged,
                 level=3,
@@ -402,7 +405,7 @@ class RulesEngine:
         )
         return StepResult(
             step=STEP_DANGER_ZONE_VITALS,
-            question=QUESTIONS[STEP_DANGER_ZONE_VITALS],
+            question=question,
             answer="yes: ESI 2",
             findings=upgraded,
             level=2,
@@ -412,7 +415,7 @@ class RulesEngine:
 
     # E
 
-    def review(self, facts: CaseFacts, steps: Sequence[StepResult]) -> StepResult:
+    def review(self, facts: CaseFacts, steps: Sequence[StepResult], question: str) -> StepResult:
         """The final review: safety floors, confidence and rationale."""
         deciding = next(s for s in reversed(steps) if s.level is not None)
         level = deciding.level
@@ -433,7 +436,7 @@ class RulesEngine:
         confidence = round(min(s.certainty for s in steps), 2)
         return StepResult(
             step=STEP_REVIEW,
-            question=QUESTIONS[STEP_REVIEW],
+            question=question,
             answer=f"ESI {level}" + (" (raised by a safety floor)" if findings else ""),
             findings=tuple(findings),
             level=level,

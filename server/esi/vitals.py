@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from server.domain import Case
 from server.esi.tables import DAYS_PER_YEAR, AgeBand, DangerZoneBand, VitalThresholds
-from server.pipeline.model import Case
 from triage.v1 import case_pb2
 
 STATE_CODES = frozenset(

@@ -157,7 +157,7 @@ def read_examples(
                 critical=visit.critical_outcome,
                 resources=None if visit.resources_used is None else min(visit.resources_used, 2),
                 complaint=visit.case.chief_complaint.split(RFV_SEPARATOR)[0],
-                rules_resources=min(engine.resources(facts).resource_count, 2),
+                rules_resources=min(engine.resources(facts, "").resource_count, 2),
             )
         )
     return examples

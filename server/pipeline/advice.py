@@ -1,7 +1,8 @@
-"""A model's advice on decision points B and C, combined with the rules' answer.
+"""Asking a model about a decision point (B and C), within the caller's time and budget.
 
 The rules always answer first and set the floor (DESIGN.md, ESI.md "safety
-first"). Per step, the configured strategy decides what the model may change:
+first"). Per step, the configured strategy decides what the model may change,
+and the step's module (server/steps) says how the answers combine:
 
 - `rules`: the model is not asked.
 - `most_urgent`: the more urgent of the two answers.
@@ -9,6 +10,8 @@ first"). Per step, the configured strategy decides what the model may change:
   "yes" is a hard rule, so at B this is the same as most_urgent; at C the
   resource count is an estimate, not a rule, so the model's count stands.
 
+Here: the budget (reserve the worst case, settle the actual), the time left
+(from the RunContext the caller passed), the cost ledger, and the fallback.
 Whatever the model does (time out, fail, answer nonsense, or not be asked
 because its circuit is open or the budget is spent) the rules' answer stands,
 inside the caller's deadline, and a finding or warning says so.
@@ -20,32 +23,26 @@ import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from server.backends.answers import HighRiskAnswer, ResourcesAnswer, describe_case
-from server.backends.openai_compatible import ModelUnavailable, Reply, Usage
+from server.backends.answers import NARRATIVE_PROMPT, describe_case
+from server.backends.openai_compatible import ModelUnavailable, Usage
 from server.backends.registry import BackendRegistry
 from server.budgets import Budgets, OverBudget
-from server.calls import LedgerEntry, current_call
-from server.errors import ResourceExhausted
-from server.esi.engine import COMPLEX_PROCEDURE_WEIGHT
-from server.esi.tables import RESOURCE_LABELS
-from server.pipeline.model import (
-    STEP_HIGH_RISK,
+from server.domain import (
     STEP_NARRATIVE,
-    STEP_RESOURCES,
+    BudgetExhausted,
     Case,
     Cost,
     Finding,
-    PredictedResource,
-    Step,
+    LedgerEntry,
+    RunContext,
     StepResult,
     Warning,
 )
-from server.runtime_config import LEARNED, RULES, Price, RuntimeConfig, StepPolicy
-from triage.v1 import classification_pb2
+from server.runtime_config import RULES, Price, RuntimeConfig, StepPolicy
+from server.steps import DecisionPoint
 
 # Time kept back from the caller's deadline for the rules fallback, the audit and the answer.
 RESERVE_SECONDS = 0.25
-_MODEL_CERTAINTY = 0.7
 FREE = Price(input_usd_micros_per_million_tokens=0, output_usd_micros_per_million_tokens=0)
 
 
@@ -57,39 +54,36 @@ class Advisor:
         self.budgets = budgets
         self._max_seconds = max_seconds
 
-    def policy(self, step: Step, config: RuntimeConfig) -> StepPolicy | None:
-        """The step's policy when a model is to be asked, else None."""
-        if step == STEP_HIGH_RISK:
-            policy = config.high_risk
-        elif step == STEP_RESOURCES:
-            policy = config.resources
-        else:
-            return None
-        if policy.backend in (RULES, LEARNED) or policy.strategy == "rules":
-            return None
-        return policy
-
-    def seconds(self) -> float:
+    def seconds(self, context: RunContext) -> float:
         """How long a model may take: what the caller has left, less the reserve."""
-        call = current_call()
-        remaining = call.remaining_seconds() if call is not None else None
+        remaining = context.remaining_seconds()
         if remaining is None:
             return self._max_seconds
         return max(0.0, min(self._max_seconds, remaining - RESERVE_SECONDS))
 
-    async def advise(self, rules: StepResult, case: Case, policy: StepPolicy, config: RuntimeConfig) -> StepResult:
-        """The step's result after asking the model; the rules' result when it cannot help.
+    async def advise(
+        self,
+        rules: StepResult,
+        case: Case,
+        point: DecisionPoint,
+        policy: StepPolicy,
+        config: RuntimeConfig,
+        context: RunContext,
+    ) -> StepResult:
+        """The step's result after asking the model `point.model_question`; the rules' when it cannot help.
 
         The call's worst-case cost is reserved against the budgets first and
         settled after, also when the caller cancels mid-call (then at the worst
-        case: the provider bills what it has started).
+        case: the provider bills what it has started). A caller whose key
+        refuses calls over its budget gets BudgetExhausted (a domain error).
         """
+        question = point.model_question
+        if question is None:
+            raise ValueError(f"step {point.letter} asks no model")
         backend = self.registry.model(policy.backend)
-        question = "high_risk" if rules.step == STEP_HIGH_RISK else "resources"
         price = config.price(policy.backend) or FREE
-        call = current_call()
-        principal = call.principal if call is not None else None
-        input_at_most = backend.input_tokens_at_most(question, describe_case(case))
+        principal = context.principal
+        input_at_most = backend.input_tokens_at_most(question.prompt, describe_case(case))
         worst = price.cost_usd_micros(input_at_most, backend.max_output_tokens)
         reservation = None
         if worst > 0:  # free backends are never held back by a budget
@@ -97,20 +91,15 @@ class Advisor:
                 reservation = self.budgets.reserve(principal, worst)
             except OverBudget as over:
                 if principal is not None and principal.refuse_over_budget:
-                    raise ResourceExhausted(
+                    raise BudgetExhausted(
                         f"the {over.scope} model budget for this month is spent",
                         subject=principal.account if over.scope == "key" else "global",
                         description=f"{over.scope} monthly model budget",
-                        retry_after=None,
                     ) from None
                 return fallback(rules, backend.name, f"the {over.scope} budget is spent")
         used = Cost(worst, input_at_most, backend.max_output_tokens)
         try:
-            reply: Reply[HighRiskAnswer] | Reply[ResourcesAnswer]
-            if question == "high_risk":
-                reply = await backend.ask(question, case, HighRiskAnswer, seconds=self.seconds())
-            else:
-                reply = await backend.ask(question, case, ResourcesAnswer, seconds=self.seconds())
+            reply = await backend.ask(question, case, seconds=self.seconds(context))
             usage = reply.usage
             used = Cost(
                 price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
@@ -121,8 +110,8 @@ class Advisor:
         finally:
             if reservation is not None:
                 self.budgets.settle(reservation, used.usd_micros, principal)
-            if call is not None and used != Cost():
-                call.ledger.append(
+            if used != Cost():
+                context.ledger.append(
                     LedgerEntry(rules.step, backend.name, used.input_tokens, used.output_tokens, used.usd_micros)
                 )
         if reply.answer is None:
@@ -132,14 +121,11 @@ class Advisor:
                 f"{backend.name} answered in the wrong format; its answer was discarded and the rules' stands",
             )
             return dataclasses.replace(rules, warnings=(*rules.warnings, warning), cost=used)
-        if isinstance(reply.answer, HighRiskAnswer):
-            combined = combine_high_risk(rules, reply.answer, backend.name)
-        else:
-            combined = combine_resources(rules, reply.answer, backend.name, policy.strategy)
+        combined = point.with_model(rules, reply.answer, backend.name, policy.strategy)
         return dataclasses.replace(combined, cost=used)
 
     async def narrate(
-        self, case: Case, summary: str, config: RuntimeConfig, narration: Narration
+        self, case: Case, summary: str, config: RuntimeConfig, narration: Narration, context: RunContext
     ) -> AsyncIterator[str]:
         """Streams the configured model's narrative of `summary`; nothing when none is configured.
 
@@ -151,10 +137,9 @@ class Advisor:
             return
         backend = self.registry.model(name)
         price = config.price(name) or FREE
-        call = current_call()
-        principal = call.principal if call is not None else None
+        principal = context.principal
         content = f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"
-        input_at_most = backend.input_tokens_at_most("narrative", content)
+        input_at_most = backend.input_tokens_at_most(NARRATIVE_PROMPT, content)
         worst = price.cost_usd_micros(input_at_most, backend.max_output_tokens)
         reservation = None
         if worst > 0:
@@ -168,7 +153,7 @@ class Advisor:
         received = 0
         usage: Usage | None = None
         try:
-            async for item in backend.narrate(case, summary, seconds=self.seconds()):
+            async for item in backend.narrate(case, summary, seconds=self.seconds(context)):
                 if isinstance(item, Usage):
                     usage = item
                 else:
@@ -186,8 +171,8 @@ class Advisor:
             narration.cost = cost
             if reservation is not None:
                 self.budgets.settle(reservation, cost.usd_micros, principal)
-            if call is not None and cost != Cost():
-                call.ledger.append(
+            if cost != Cost():
+                context.ledger.append(
                     LedgerEntry(STEP_NARRATIVE, name, usage.input_tokens, usage.output_tokens, cost.usd_micros)
                 )
 
@@ -209,52 +194,3 @@ def fallback(rules: StepResult, backend: str, reason: str) -> StepResult:
         input_field="",
     )
     return dataclasses.replace(rules, findings=(*rules.findings, finding))
-
-
-def combine_high_risk(rules: StepResult, answer: HighRiskAnswer, backend: str) -> StepResult:
-    """Decision point B: high risk if the rules or the model say so; a rules "yes" is never undone."""
-    reasons = answer.reasons or ["judged high risk"]
-    advice = tuple(
-        Finding(code="model.high_risk", text=f"{backend}: {reason}", step=STEP_HIGH_RISK, input_field="")
-        for reason in reasons
-    )
-    if not answer.high_risk:
-        return dataclasses.replace(rules, backend=f"{rules.backend}+{backend}")
-    if rules.level is not None:
-        return dataclasses.replace(rules, findings=(*rules.findings, *advice), backend=f"{rules.backend}+{backend}")
-    return dataclasses.replace(
-        rules,
-        answer="yes: ESI 2 (model)",
-        findings=advice,
-        level=2,
-        certainty=_MODEL_CERTAINTY,
-        backend=backend,
-    )
-
-
-def combine_resources(rules: StepResult, answer: ResourcesAnswer, backend: str, strategy: str) -> StepResult:
-    """Decision point C: the model's count (strategy model), or the larger count (most_urgent)."""
-    predicted: dict[int, PredictedResource] = {}
-    for item in answer.resources:
-        kind = classification_pb2.ResourceKind.Value(f"RESOURCE_KIND_{item.kind.upper()}")
-        predicted.setdefault(kind, PredictedResource(kind, RESOURCE_LABELS[kind], f"{backend}: {item.reason}", ""))
-    resources = tuple(sorted(predicted.values(), key=lambda r: r.kind))
-    count = sum(
-        COMPLEX_PROCEDURE_WEIGHT if r.kind == classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE else 1
-        for r in resources
-    )
-    names = ", ".join(RESOURCE_LABELS[r.kind] for r in resources) or "none"
-    summary = f"{backend} predicted {count} resource{'s' if count != 1 else ''}: {names}"
-    if strategy == "most_urgent" and count <= rules.resource_count:
-        note = Finding("model.resources", f"{summary}; the rules' {rules.resource_count} stand", STEP_RESOURCES, "")
-        return dataclasses.replace(rules, findings=(*rules.findings, note), backend=f"{rules.backend}+{backend}")
-    return dataclasses.replace(
-        rules,
-        answer=f"{count} resource{'s' if count != 1 else ''} ({names}; model)",
-        findings=(Finding("resources.count", summary, STEP_RESOURCES, ""),),
-        level=5 if count == 0 else 4 if count == 1 else None,
-        certainty=min(rules.certainty, _MODEL_CERTAINTY),
-        resources=resources,
-        resource_count=count,
-        backend=backend,
-    )

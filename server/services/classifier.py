@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from server.cache import ResponseCache, cache_key
 from server.calls import Role, current_call
 from server.case_vault import CaseVault
+from server.domain import Case, RunContext, StepResult
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, field_violation
 from server.ids import new_id
 from server.pipeline.advice import Narration
-from server.pipeline.model import Case, StepResult
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RuntimeConfigs
 from server.services.convert import fill_classification
@@ -27,6 +27,12 @@ from server.validation import validate_case
 from triage.v1 import case_pb2, classification_pb2
 
 CLASSIFY_METHOD = "/triage.v1.ClassifyService/Classify"
+
+
+def run_context() -> RunContext:
+    """What the pipeline gets from the call being served: its deadline, caller and cost ledger."""
+    call = current_call()
+    return call.run_context() if call is not None else RunContext()
 
 
 class Classifier:
@@ -55,7 +61,7 @@ class Classifier:
         return validate_case(message)
 
     def steps(self, case: Case) -> AsyncIterator[StepResult]:
-        return self._pipeline.steps(case, self._configs.current)
+        return self._pipeline.steps(case, self._configs.current, run_context())
 
     async def narrative(self, case: Case, steps: Sequence[StepResult], narration: Narration) -> AsyncIterator[str]:
         """The configured model's narrative of the result, in chunks; nothing when none is configured."""
@@ -64,7 +70,7 @@ class Classifier:
             return
         result = self._pipeline.result(steps)
         summary = f"ESI {result.esi_level}. {result.rationale}"
-        async for text in advisor.narrate(case, summary, self._configs.current, narration):
+        async for text in advisor.narrate(case, summary, self._configs.current, narration, run_context()):
             yield text
 
     async def stored_case(self, classification_id: str) -> case_pb2.TriageCase:
@@ -105,7 +111,7 @@ class Classifier:
                 classified_at = self._stamp(into, message.case_ref)
                 await self._record(message, into, CLASSIFY_METHOD, classified_at, cache_hit=True)
                 return
-        steps = [step async for step in self._pipeline.steps(case, config)]
+        steps = [step async for step in self._pipeline.steps(case, config, run_context())]
         await self.finish(message, steps, CLASSIFY_METHOD, into)
         if key is not None:
             stored = classification_pb2.Classification()

@@ -9,8 +9,9 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from server.calls import Role
-from server.pipeline.model import Cost, Finding, StepResult, TriageResult
+from server.domain import Cost, Finding, StepResult, TriageResult
 from server.runtime_config import Price, RuntimeConfig, StepPolicy
+from server.steps import CONFIG_FIELDS
 from server.store.models import ApiKeyRecord, AuditEvent, UsageTotal
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
@@ -130,7 +131,8 @@ _DANGER_ZONE: dict[str, admin_service_pb2.DangerZonePolicy.ValueType] = {
     "flag_only": admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY,
     "learned": admin_service_pb2.DANGER_ZONE_POLICY_LEARNED,
 }
-CONFIG_STEPS = ("high_risk", "resources", "narrative")
+# The configuration's step policies: the decision points' (server/steps), then the narrative's.
+CONFIG_STEPS = (*CONFIG_FIELDS, "narrative")
 
 
 def config_message(config: RuntimeConfig) -> admin_service_pb2.Config:

@@ -16,9 +16,8 @@ from interceptors.observability import ObservabilityInterceptor
 from server.app import TriageServer
 from server.calls import CallState, begin_call, current_call
 from server.config import Settings
-from server.errors import DeadlineExceeded
+from server.domain import STEP_HIGH_RISK, STEP_RESOURCES, DeadlineExceeded, Step, StepResult
 from server.esi.engine import RulesEngine
-from server.pipeline.model import STEP_HIGH_RISK, STEP_RESOURCES, Step, StepResult
 from server.pipeline.pipeline import Pipeline, RulesBackend, TriageRun
 from server.validation import validate_case
 from tests.support import make_case
@@ -146,6 +145,6 @@ async def test_the_pipeline_checks_the_deadline_between_steps(engine: RulesEngin
     begin_call(call)
 
     with pytest.raises(DeadlineExceeded):
-        [step async for step in pipeline.steps(case)]
+        [step async for step in pipeline.steps(case, context=call.run_context())]
     # Step B ran past the deadline; step C was never asked.
     assert slow.asked == [STEP_HIGH_RISK]

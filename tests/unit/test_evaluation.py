@@ -15,6 +15,15 @@ import pytest
 import server.evaluation as evaluation
 from server.cli import EVALUATION_DATASETS, main
 from server.datasets import MIMIC_CSV, LabelledVisit, mimic_visit, nhamcs_visits
+from server.domain import (
+    STEP_DANGER_ZONE_VITALS,
+    STEP_HIGH_RISK,
+    STEP_LIFE_SAVING,
+    STEP_RESOURCES,
+    STEP_REVIEW,
+    Step,
+    StepResult,
+)
 from server.esi.engine import RulesEngine
 from server.evaluation import (
     DATASETS,
@@ -25,15 +34,6 @@ from server.evaluation import (
     evaluate_visits,
     run,
     runtime_config,
-)
-from server.pipeline.model import (
-    STEP_DANGER_ZONE_VITALS,
-    STEP_HIGH_RISK,
-    STEP_LIFE_SAVING,
-    STEP_RESOURCES,
-    STEP_REVIEW,
-    Step,
-    StepResult,
 )
 from server.pipeline.pipeline import Pipeline, TriageRun
 from server.runtime_config import RULES_ONLY, RuntimeConfig

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from server.domain import TriageResult
 from server.esi.engine import RulesEngine
-from server.pipeline.learned import LearnedPolicy, LearnedSteps, load_policy
-from server.pipeline.model import TriageResult
+from server.learned.policy import LearnedPolicy, LearnedSteps, load_policy
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RULES_ONLY, RuntimeConfig, StepPolicy, Strategy
 from server.validation import validate_case

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from server.domain import Case
 from server.esi.engine import RulesEngine
 from server.esi.text import REMEMBERED_TEXT_CHARS, singular
-from server.pipeline.model import Case
 from server.validation import validate_case
 from tests.support import make_case
 

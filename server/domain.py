@@ -1,14 +1,19 @@
-"""The pipeline's domain types: a validated case in, step results and a result out.
+"""The domain types, the bottom layer: a validated case in, step results and a result out.
 
-They are plain frozen dataclasses so that the engine and its tests need no
-protobuf. Enumerations reuse the generated proto enum values, the contract's
-single source of truth.
+They are plain dataclasses so that the engine and its tests need no protobuf
+messages. Enumerations reuse the generated proto enum values, the contract's
+single source of truth. Also here: who is calling (Principal), what a run may
+spend and how long it has (RunContext), and the domain errors. Nothing here
+knows gRPC: the transport layer builds a RunContext from the call and maps
+DomainError to a status code (server/errors.py, interceptors/errors.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from enum import StrEnum
+from typing import Literal, TypeAlias
 
 from triage.v1 import case_pb2, classification_pb2
 
@@ -195,3 +200,102 @@ class TriageResult:
             resource_count=resources_step.resource_count if resources_step else 0,
             cost=cost,
         )
+
+
+# The built-in backends' names, in the runtime configuration and in step results:
+# the rules engine, and the learned estimates (server/learned: free, offline, for B, C and D).
+RULES = "rules"
+LEARNED = "learned"
+
+# D's policy in the rules engine: up-triage to ESI 2, or flag the vital signs and keep ESI 3.
+DangerZonePolicy = Literal["up_triage", "flag_only"]
+
+
+class Role(StrEnum):
+    """What a caller may do; named as in the contract's `Role` enum."""
+
+    DEMO = "demo"
+    CLINICIAN = "clinician"
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    `subject` is what rate limits and usage are counted against: an API key's
+    id, an OIDC issuer and subject, or an anonymous caller's address. It is
+    never a secret.
+    """
+
+    subject: str
+    # None: a genuine identity that holds none of our roles (an OIDC token without the claim).
+    role: Role | None
+    key_id: str = ""
+    # The caller's own rate limit ("10/second;1000/hour"); empty means the role's default.
+    rate_limit: str = ""
+    # The caller's own monthly model budget (0: none), and whether spending it refuses calls.
+    monthly_budget_usd_micros: int = 0
+    refuse_over_budget: bool = False
+
+    @property
+    def account(self) -> str:
+        """What audit records, usage and budgets are kept under: the key id, else the subject."""
+        return self.key_id or self.subject
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One model call's use: the step, the backend, tokens and cost."""
+
+    step: int
+    backend: str
+    input_tokens: int
+    output_tokens: int
+    usd_micros: int
+
+
+@dataclass(slots=True)
+class RunContext:
+    """What a run through the pipeline gets from its caller: time, identity, a cost ledger.
+
+    The transport layer builds it from the call (server/calls.py,
+    CallState.run_context); without a call (tests, the evaluator) it is empty:
+    no deadline, no principal, a ledger no one reads.
+    """
+
+    # time.monotonic() by which the run must finish; None means no deadline.
+    deadline: float | None = None
+    principal: Principal | None = None
+    # What the run's model calls used, as they used it (shared with the call, which settles it).
+    ledger: list[LedgerEntry] = field(default_factory=list)
+
+    def remaining_seconds(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check_deadline(self) -> None:
+        """Raises DeadlineExceeded once the run's time is up; called between units of work."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded("the deadline expired before the classification was finished")
+
+
+class DomainError(Exception):
+    """An error the domain raises for its caller; the transport maps it to a status code."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DeadlineExceeded(DomainError):
+    """The run's deadline passed before it was finished."""
+
+
+class BudgetExhausted(DomainError):
+    """A model budget is spent and the caller asked to be refused rather than fall back."""
+
+    def __init__(self, message: str, *, subject: str, description: str) -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.description = description
