@@ -54,15 +54,8 @@ _MIMIC_VITALS = {
 }
 _NHAMCS_ARRIVAL = {"yes": case_pb2.ARRIVAL_MODE_AMBULANCE, "no": case_pb2.ARRIVAL_MODE_WALK_IN}
 _NHAMCS_SEX = {"female": case_pb2.SEX_FEMALE, "male": case_pb2.SEX_MALE}
-_NHAMCS_VITALS = {
-    "heart_rate_bpm": "heart_rate_bpm",
-    "respiratory_rate_per_min": "respiratory_rate_per_min",
-    "spo2_percent": "spo2_percent",
-    "systolic_bp_mmhg": "systolic_bp_mmhg",
-    "diastolic_bp_mmhg": "diastolic_bp_mmhg",
-    "temperature_c": "temperature_c",
-    "pain_score": "pain_score",
-}
+# NHAMCS columns carry the contract's own field names and units.
+_NHAMCS_VITALS = tuple(name for name in VITAL_RANGES if name != "gcs")
 # A critical outcome (issue 9): ICU admission, death in the ED, or a complex
 # procedure (intubation, central line, CPR, BiPAP/CPAP).
 _CRITICAL_COLUMNS = ("admitted_icu", "died_in_ed", "res_complex_procedure")
@@ -151,8 +144,8 @@ def nhamcs_visit(row: dict[str, str]) -> LabelledVisit:
         # Under one year: days when recorded (0 = less than a day), else six months.
         message.age.days = max(1, int(age_days)) if age_days is not None else 182
     dropped = 0
-    for column, name in _NHAMCS_VITALS.items():
-        value = _number(row.get(column))
+    for name in _NHAMCS_VITALS:
+        value = _number(row.get(name))
         if value is not None:
             dropped += not _set_vital(message, name, value)
     resources = _number(row.get("esi_resource_count"))
