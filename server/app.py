@@ -192,7 +192,7 @@ class TriageServer:
                     "port": self.port,
                     "tls": credentials is not None,
                     "mutual_tls": settings.tls_client_ca is not None,
-                    "ruleset": pipeline.engine.version,
+                    "ruleset": pipeline.version,
                 }
             },
         )

@@ -295,3 +295,26 @@ def label(feature: str, facts: CaseFacts) -> str:
     """A feature of this case as a finding names it: 'SpO2 88 %', 'age 81 years', 'dyspnea'."""
     describe = _LABELS.get(feature.partition(":")[0])
     return describe(feature, facts) if describe is not None else feature
+
+
+# The TriageCase field each family of features is read from.
+_INPUT_FIELDS = {
+    AGE: "age",
+    SEX: "sex",
+    ARRIVAL: "arrival_mode",
+    HEART_RATE: "vitals.heart_rate_bpm",
+    RESPIRATORY_RATE: "vitals.respiratory_rate_per_min",
+    SPO2: "vitals.spo2_percent",
+    SYSTOLIC_BP: "vitals.systolic_bp_mmhg",
+    TEMPERATURE: "vitals.temperature_c",
+    PAIN: "vitals.pain_score",
+}
+
+
+def input_field(feature: str, facts: CaseFacts) -> str:
+    """The input a feature of this case came from: 'vitals.spo2_percent', 'chief_complaint', ..."""
+    name, _, rest = feature.partition(":")
+    if name == CONCEPT:
+        mention = facts.mentions.get(rest)
+        return mention.input_field if mention is not None else "chief_complaint"
+    return _INPUT_FIELDS.get(name, "")

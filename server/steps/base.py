@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Protocol
 from server.backends.answers import ModelQuestion
 from server.domain import STEP_LETTERS, Case, DangerZonePolicy, Step, StepResult
 from server.esi.engine import CaseFacts, RulesEngine
+from server.learned.estimates import Estimate, ResourceEstimate
+from server.learned.features import input_field
 from server.learned.policy import Estimates, LearnedSteps
 from server.runtime_config import DangerZonePolicy as ConfiguredDangerZonePolicy
 from server.runtime_config import RuntimeConfig, StepPolicy, Strategy
@@ -92,6 +94,13 @@ class DecisionPoint:
     def with_model(self, rules: StepResult, answer: Any, backend: str, strategy: Strategy) -> StepResult:
         """The rules' answer combined with a model's (of `model_question`'s answer type) under `strategy`."""
         return rules
+
+
+def strongest_input(estimate: Estimate | ResourceEstimate, run: TriageRun) -> str:
+    """The input an estimate's strongest contributor came from ("" when none stands out)."""
+    if not estimate.contributors:
+        return ""
+    return input_field(estimate.contributors[0].feature, run.facts)
 
 
 # How sure a step is of an answer a model changed.

@@ -26,7 +26,7 @@ from server.esi.engine import RulesEngine
 from server.learned import estimates
 from server.learned.policy import LEARNED_CERTAINTY, LearnedSteps
 from server.runtime_config import Strategy
-from server.steps.base import MODEL_CERTAINTY, DecisionPoint, TriageRun
+from server.steps.base import MODEL_CERTAINTY, DecisionPoint, TriageRun, strongest_input
 
 
 class HighRiskAnswer(BaseModel):
@@ -70,7 +70,9 @@ class HighRisk(DecisionPoint):
             return dataclasses.replace(rules, findings=findings, backend=backend)
         if risk.probability >= policy.high_risk_at_or_above:
             threshold = estimates.percent(policy.high_risk_at_or_above)
-            finding = Finding("learned.high_risk", f"{risk.text} (acts from {threshold})", STEP_HIGH_RISK, "")
+            finding = Finding(
+                "learned.high_risk", f"{risk.text} (acts from {threshold})", STEP_HIGH_RISK, strongest_input(risk, run)
+            )
             return dataclasses.replace(
                 rules,
                 answer="yes: ESI 2 (learned estimate)",

@@ -25,7 +25,7 @@ from server.esi.engine import UNRECOGNIZED_COMPLAINT, RulesEngine, resource_coun
 from server.esi.tables import RESOURCE_LABELS
 from server.learned.policy import LEARNED_CERTAINTY, LearnedSteps
 from server.runtime_config import Strategy
-from server.steps.base import MODEL_CERTAINTY, DecisionPoint, TriageRun
+from server.steps.base import MODEL_CERTAINTY, DecisionPoint, TriageRun, strongest_input
 from triage.v1 import classification_pb2
 
 ResourceName = Literal[
@@ -86,14 +86,14 @@ class Resources(DecisionPoint):
             # rules' assumed work-up stands, and B and D rest on the estimate.
             count = max(count, min(rules.resource_count, 2))
         if count == min(rules.resource_count, 2):
-            note = Finding("learned.resources", estimate.text, STEP_RESOURCES, "")
+            note = Finding("learned.resources", estimate.text, STEP_RESOURCES, strongest_input(estimate, run))
             return dataclasses.replace(rules, findings=(*rules.findings, note), backend=f"{rules.backend}+{LEARNED}")
         words = ("none", "one", "two or more")[count]
         return dataclasses.replace(
             rules,
             answer=f"{words} ({estimate.text})",
             findings=(
-                Finding("resources.count", estimate.text, STEP_RESOURCES, ""),
+                Finding("resources.count", estimate.text, STEP_RESOURCES, strongest_input(estimate, run)),
                 *(dataclasses.replace(f, code="resources.rules_count") for f in rules.findings),
             ),
             level=resources_level(count),

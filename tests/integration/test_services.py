@@ -347,6 +347,7 @@ async def test_the_learned_estimate_is_named_in_classify_and_in_explain(client: 
     [finding] = [f for f in classification.findings if f.code == "learned.high_risk"]
     assert finding.text.startswith("estimated risk of a critical outcome ")
     assert "arrived by ambulance" in finding.text
+    assert finding.input_field == "arrival_mode"  # the strongest input, named like a field violation
     b = next(e.step for e in events if e.step.step == classification_pb2.STEP_HIGH_RISK)
     assert b.backend == "learned"
     assert [f.text for f in b.evidence if f.code == "learned.high_risk"] == [finding.text]
