@@ -6,8 +6,9 @@ to serve):
 
 - `critical_risk(facts)`: the probability of a critical outcome (ICU admission,
   death in the ED, intubation, central line, CPR or BiPAP/CPAP), for decision
-  point B. It is high risk at or above `high_risk_threshold()`, the probability
-  above which the top `high_risk_share` of training visits fell;
+  point B. The model also carries the probabilities above which each share of
+  training visits fell (`thresholds`); the thresholds served are chosen from
+  them in data/policy.toml;
 - `resources(facts)`: the probabilities of 0, 1 and 2 or more ESI resources,
   for decision point C. `count` is the most likely class: on the test years it
   is both more often right and less often too low than the median class or the
@@ -68,7 +69,6 @@ class Estimate:
     """The estimated probability of a critical outcome (decision point B)."""
 
     probability: float
-    high_risk: bool
     contributors: tuple[Contributor, ...]
 
     @property
@@ -295,7 +295,6 @@ def _critical_risk(m: Model, facts: CaseFacts, found: Sequence[str], names: dict
     probability = m.critical.probabilities(found)[1]
     return Estimate(
         probability=probability,
-        high_risk=probability >= m.high_risk_threshold,
         contributors=m.critical.contributors(found, 0, facts, names),
     )
 
@@ -366,10 +365,6 @@ def estimates(
         _critical_risk(m, facts, found, names),
         _resources(m, facts, found, names, no_resources_at, two_or_more_at),
     )
-
-
-def high_risk_threshold() -> float:
-    return model().high_risk_threshold
 
 
 def model_version() -> str:

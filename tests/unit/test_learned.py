@@ -14,6 +14,7 @@ from server.esi.engine import CaseFacts, RulesEngine
 from server.esi.tables import load_tables
 from server.learned import estimates, features
 from server.learned.estimates import MIN_CONTRIBUTION, TOP_CONTRIBUTORS, model, read_model
+from server.learned.policy import load_policy
 from server.validation import validate_case
 from tests.support import make_case
 from triage.v1 import case_pb2
@@ -89,7 +90,6 @@ def test_the_high_risk_threshold_comes_from_the_table_of_training_shares() -> No
     ordered = [shipped.thresholds[s] for s in sorted(shipped.thresholds)]
     assert ordered == sorted(ordered, reverse=True)
     assert shipped.high_risk_threshold == shipped.threshold_for_share(shipped.high_risk_share)
-    assert estimates.high_risk_threshold() == shipped.high_risk_threshold
     with pytest.raises(KeyError):
         shipped.threshold_for_share(0.5)
 
@@ -165,7 +165,7 @@ def test_a_vital_sign_not_sent_counts_as_an_average_visit_s_not_as_a_sick_one() 
     as_trained = model.critical.probabilities(features.features(bare), as_trained=True)[1]
 
     assert served < as_trained
-    assert served < estimates.high_risk_threshold()
+    assert served < load_policy().high_risk_at_or_above
 
 
 # Estimates
@@ -174,8 +174,7 @@ def test_a_vital_sign_not_sent_counts_as_an_average_visit_s_not_as_a_sick_one() 
 def test_an_old_hypoxic_patient_by_ambulance_is_riskier_than_a_sore_throat() -> None:
     high, low = estimates.critical_risk(sick()), estimates.critical_risk(well())
     assert high.probability > 5 * low.probability
-    assert high.high_risk
-    assert not low.high_risk
+    assert high.probability >= load_policy().high_risk_at_or_above > low.probability
     assert estimates.resources(sick()).count == 2
     assert estimates.resources(well()).count < 2
 
