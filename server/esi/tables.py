@@ -183,9 +183,9 @@ class Rule(_Table):
     # How sure the rule is when it fires; feeds the classification's confidence.
     certainty: float = Field(default=0.85, ge=0, le=1)
     # A judgement call rather than a red flag (ESI.md B: "severe pain ... counts
-    # when the presentation is consistent with it", "suspicious for ACS"): a
-    # learned estimate under the `model` strategy may confirm it or set it aside.
-    # A and every red flag are hard: nothing sets them aside.
+    # when the presentation is consistent with it"): a learned estimate under
+    # the `model` strategy may confirm it or set it aside. A and every red flag
+    # (chest pain suspicious for ACS among them) are hard: nothing sets them aside.
     judgement: bool = False
 
     @model_validator(mode="after")

@@ -1,22 +1,9 @@
 """The learned estimates' policy: when they act at decision points B, C and D.
 
-The rules always answer first; the estimate is then combined with their answer
-under the step's strategy (server/steps/high_risk.py, resources.py,
-danger_zone.py), as a model's advice is, but in plain Python on the request
-path: no network, no cost, no budget.
-
-- B, `most_urgent`: every rules "yes" stands; when the rules say no and the
-  estimated risk of a critical outcome is at or above the firing threshold, B
-  says yes and names the estimate and its strongest contributors.
-- B, `model`: as most_urgent, except that a rule marked a judgement call in
-  rules.toml (ESI's "severe pain ... when consistent", "suspicious for ACS")
-  stands only when the estimate is at or above the confirming threshold. Red
-  flags always stand; A, the safety floors and D are never touched.
-- C, `model`: the estimated count (0 / 1 / 2 or more) sets the level; the
-  rules' resource list stays as what the nurse can check.
-- C, `most_urgent`: the larger of the two counts.
-
-The thresholds are data, chosen on NHAMCS 2016-2018 (data/policy.toml).
+The thresholds are data (data/policy.toml), chosen on NHAMCS 2016-2018 only;
+how each step combines the estimate with the rules' answer is the step's own
+(server/steps: high_risk.py, resources.py, danger_zone.py). In plain Python on
+the request path: no network, no cost, no budget.
 """
 
 from __future__ import annotations
@@ -29,7 +16,6 @@ from importlib import resources as package_files
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.domain import LEARNED
 from server.esi.engine import CaseFacts, RulesEngine
 from server.learned import estimates
 
@@ -71,8 +57,6 @@ class Estimates:
 
 class LearnedSteps:
     """The learned estimates and their policy, as the steps use them (server/steps: B, C, D)."""
-
-    name = LEARNED
 
     def __init__(self, engine: RulesEngine, policy: LearnedPolicy | None = None) -> None:
         self.policy = policy or load_policy()

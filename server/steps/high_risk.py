@@ -9,9 +9,9 @@ to that under the step's strategy (RuntimeConfig.high_risk):
   the estimated risk of a critical outcome is at or above the firing
   threshold, B says yes and names the estimate and its strongest contributors.
 - learned, `model`: as most_urgent, except that a rule marked a judgement call
-  in rules.toml (ESI's "severe pain ... when consistent", "suspicious for
-  ACS") stands only when the estimate is at or above the confirming threshold.
-  Red flags always stand.
+  in rules.toml (ESI's "severe pain ... when the presentation is consistent
+  with it") stands only when the estimate is at or above the confirming
+  threshold. Red flags always stand.
 """
 
 from __future__ import annotations

@@ -39,7 +39,9 @@ class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.Val
     """STRATEGY_MOST_URGENT uses the more urgent of the two answers."""
 
 class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
-    """Strategy combines a model backend's answer with the rules engine's."""
+    """Strategy combines a backend's answer (a model's or the learned estimates')
+    with the rules engine's.
+    """
 
 STRATEGY_UNSPECIFIED: Strategy.ValueType  # 0
 """STRATEGY_UNSPECIFIED means the default, STRATEGY_RULES."""
@@ -335,7 +337,10 @@ class StepPolicy(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
-    """backend is the backend for the step: "rules" or "openai:<model>"."""
+    """backend is the backend for the step: "rules", "learned" (the estimates
+    learned from real visits; decision points B and C only) or
+    "<provider>:<model>".
+    """
     strategy: Global___Strategy.ValueType
     """strategy combines the backend's answer with the rules engine's."""
     def __init__(
@@ -463,12 +468,16 @@ class Backend(_message.Message):
     PRICE_FIELD_NUMBER: _builtins.int
     CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """name is the backend's name, such as "rules" or "openai:gpt-4o-mini"."""
+    """name is the backend's name, such as "rules", "learned" or
+    "openai:gpt-4o-mini".
+    """
     circuit_state: Global___CircuitState.ValueType
     """circuit_state is the state of the backend's circuit breaker."""
     @_builtins.property
     def price(self) -> Global___BackendPrice:
-        """price is the backend's price; zero for the rules engine."""
+        """price is the backend's price; zero for the rules engine and the learned
+        estimates.
+        """
 
     def __init__(
         self,

@@ -396,7 +396,9 @@ class PipelineInfo(_message.Message):
     RULESET_VERSION_FIELD_NUMBER: _builtins.int
     STEP_BACKENDS_FIELD_NUMBER: _builtins.int
     ruleset_version: _builtins.str
-    """ruleset_version identifies the rules engine and its clinical tables."""
+    """ruleset_version identifies the rules engine and its clinical tables, and
+    the learned estimates and their thresholds that ship with them.
+    """
     @_builtins.property
     def step_backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepBackend]:
         """step_backends names the backend that answered each step that ran."""
