@@ -41,6 +41,11 @@ ResourceName = Literal[
 ]
 
 
+_PROCEDURES = frozenset(
+    {classification_pb2.RESOURCE_KIND_SIMPLE_PROCEDURE, classification_pb2.RESOURCE_KIND_COMPLEX_PROCEDURE}
+)
+
+
 class Resource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,9 +86,12 @@ class Resources(DecisionPoint):
         estimate = run.estimated(learned).resources
         count = estimate.count
         unrecognized = any(w.code == UNRECOGNIZED_COMPLAINT for w in rules.warnings)
-        if strategy == "most_urgent" or unrecognized:
+        procedure = any(r.kind in _PROCEDURES for r in rules.resources)
+        if strategy == "most_urgent" or unrecognized or procedure:
             # A complaint nothing recognised is never low acuity by default: the
             # rules' assumed work-up stands, and B and D rest on the estimate.
+            # A procedure the complaint calls for (a repair, a reduction) is not
+            # a guess either: the estimate may add to the rules' count, not cut it.
             count = max(count, min(rules.resource_count, 2))
         if count == min(rules.resource_count, 2):
             note = Finding("learned.resources", estimate.text, STEP_RESOURCES, strongest_input(estimate, run))

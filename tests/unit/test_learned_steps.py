@@ -141,6 +141,14 @@ async def test_c_takes_the_larger_count_under_most_urgent(engine: RulesEngine) -
     assert "learned.resources" in codes(result)
 
 
+async def test_a_procedure_the_rules_call_for_is_not_cut_by_the_estimate(engine: RulesEngine) -> None:
+    # A laceration needs a repair (ESI 4) whatever the estimate (forced here to "none") says.
+    result = await classify(engine, "2 cm lac to L palm", "30y", learned=policy(no_resources_at_or_above=ALWAYS))
+
+    assert result.esi_level == 4
+    assert "learned.resources" in codes(result)
+
+
 async def test_an_unrecognised_complaint_is_never_low_acuity_by_default(engine: RulesEngine) -> None:
     result = await classify(engine, "zorblax", "25y", learned=policy(no_resources_at_or_above=ALWAYS))
 
