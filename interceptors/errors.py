@@ -10,6 +10,7 @@ because an exception's text may quote patient content.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -75,7 +76,8 @@ class ErrorInterceptor(ServerInterceptor):
         if isinstance(error, aio.AbortError):
             raise error
         if isinstance(error, DomainError):
-            error = from_domain(error)
+            with contextlib.suppress(TypeError):  # one without a status is logged below as unexpected
+                error = from_domain(error)
         if not isinstance(error, ServiceError):
             # Where it happened, not what it said: frames carry no values.
             where = traceback.extract_tb(error.__traceback__)[-1]

@@ -125,6 +125,10 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         config = runtime_config(assignments)
     except ValueError as error:
         parser.error(str(error))
+    from server.datasets import DATA_DIR
+
+    if names and not DATA_DIR.is_dir():
+        parser.error(f"the named sets are in {DATA_DIR}, which only a source checkout has; give a CSV instead")
     report = run(names, config, csv_paths=[csv] if csv is not None else [])
     print(json.dumps(report.as_dict(), indent=2) if args.output == "json" else report.text())
     return 0

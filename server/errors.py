@@ -122,7 +122,7 @@ def from_domain(error: domain.DomainError) -> ServiceError:
         return DeadlineExceeded(error.message)
     if isinstance(error, domain.BudgetExhausted):
         return ResourceExhausted(error.message, subject=error.subject, description=error.description, retry_after=None)
-    return Internal("internal error; it has been logged")
+    raise TypeError(f"no status for the domain error {type(error).__name__}")
 
 
 def _duration(delta: timedelta) -> duration_pb2.Duration:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -92,6 +92,13 @@ class RuntimeConfig(BaseModel):
 
     def price(self, backend: str) -> Price | None:
         return self.prices.get(backend)
+
+    @field_validator("narrative")
+    @classmethod
+    def _learned_answers_b_and_c_only(cls, narrative: StepPolicy) -> StepPolicy:
+        if narrative.backend == LEARNED:
+            raise ValueError("the learned estimates cannot write a narrative")
+        return narrative
 
 
 # The rules alone at every step: ESI as written, no estimate and no model asked.

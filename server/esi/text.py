@@ -10,8 +10,8 @@ the mechanics.
 
 from __future__ import annotations
 
+import bisect
 import enum
-import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -458,15 +458,24 @@ def _is_phrase(item: _Item) -> bool:
 
 
 def _closest(choices: list[list[int]]) -> tuple[int, ...]:
-    """One position per word, as close together as possible, in order."""
+    """One position per word (each list ascending, no position in two lists), as close together as possible.
+
+    The tightest window starts at one of the positions; from each start, every
+    other word takes its first position at or after it. Linear in the positions
+    times the words, whatever the text repeats.
+    """
     best: tuple[int, ...] = ()
-    for combination in itertools.product(*choices):
-        if len(set(combination)) < len(combination):
-            continue
-        ordered = tuple(sorted(combination))
+    for start in sorted({p for positions in choices for p in positions}):
+        chosen = []
+        for positions in choices:
+            at = bisect.bisect_left(positions, start)
+            if at == len(positions):
+                return best
+            chosen.append(positions[at])
+        ordered = tuple(sorted(chosen))
         if not best or ordered[-1] - ordered[0] < best[-1] - best[0]:
             best = ordered
-    return best or tuple(sorted(c[0] for c in choices))
+    return best
 
 
 @dataclass(frozen=True, slots=True)

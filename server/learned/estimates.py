@@ -10,10 +10,9 @@ to serve):
   training visits fell (`thresholds`); the thresholds served are chosen from
   them in data/policy.toml;
 - `resources(facts)`: the probabilities of 0, 1 and 2 or more ESI resources,
-  for decision point C. `count` is the most likely class: on the test years it
-  is both more often right and less often too low than the median class or the
-  rounded expected count (figures in the model's metrics). A caller may set
-  the count by thresholds instead (`no_resources_at`, `two_or_more_at`).
+  for decision point C. `count` is the most likely class unless the caller
+  sets thresholds (`no_resources_at`, `two_or_more_at`), as the service does
+  from data/policy.toml.
 
 Each estimate names its strongest contributors: the case's features whose
 weight most raises the estimate (the log-odds of a critical outcome, or of the

@@ -13,6 +13,7 @@ RunContext: the pipeline knows nothing of gRPC.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -70,7 +71,7 @@ class Pipeline:
         rules = RulesBackend(engine)
         self._backends: dict[Step, StepBackend] = dict.fromkeys(STEPS, rules) | dict(backends or {})
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         """The clinical tables' version and the learned estimates', which ship with them."""
         return f"{self.engine.version}+{self.learned.version}"
@@ -109,7 +110,9 @@ class Pipeline:
         review = steps[-1]
         if review.step != STEP_REVIEW or review.level is None:
             raise ValueError("the last step result must be the review, with a level")
-        decided = next(s for s in reversed(steps[:-1]) if s.level is not None)
+        decided = next((s for s in reversed(steps[:-1]) if s.level is not None), None)
+        if decided is None:
+            raise ValueError("no decision point settled a level")
         return TriageResult.from_steps(
             tuple(steps),
             esi_level=review.level,

@@ -239,13 +239,8 @@ def validated_config(values: dict[str, Any], backends: BackendRegistry) -> Runti
     for step in CONFIG_STEPS:
         policy = getattr(config, step)
         if policy.backend == LEARNED:
-            if step == "narrative":
-                violations.append(
-                    field_violation(
-                        f"config.{step}.backend", "the learned estimates cannot write a narrative", "INVALID_BACKEND"
-                    )
-                )
-        elif not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
+            continue  # free and offline; RuntimeConfig keeps it to B and C
+        if not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
             providers = ", ".join(sorted(backends.providers))
             violations.append(
                 field_violation(

@@ -67,7 +67,9 @@ class HighRisk(DecisionPoint):
             set_aside = tuple(f for f in findings if f.code in learned.judgement)
             findings = tuple(f for f in findings if f.code not in learned.judgement)
         if findings:
-            return dataclasses.replace(rules, findings=findings, backend=backend)
+            # Another rule stands: the judgement calls set aside are still said.
+            note = (_not_confirmed(set_aside, risk, policy.confirm_judgement_at_or_above),) if set_aside else ()
+            return dataclasses.replace(rules, findings=(*findings, *note), backend=backend)
         if risk.probability >= policy.high_risk_at_or_above:
             threshold = estimates.percent(policy.high_risk_at_or_above)
             finding = Finding(
@@ -82,18 +84,10 @@ class HighRisk(DecisionPoint):
                 backend=LEARNED if rules.level is None else backend,
             )
         if set_aside:
-            why = "; ".join(f.text for f in set_aside)
-            note = Finding(
-                "learned.judgement_not_confirmed",
-                f"{why}: not confirmed, {risk.text} (confirms from "
-                f"{estimates.percent(policy.confirm_judgement_at_or_above)})",
-                STEP_HIGH_RISK,
-                set_aside[0].input_field,
-            )
             return dataclasses.replace(
                 rules,
                 answer=f"no ({risk.text})",
-                findings=(note,),
+                findings=(_not_confirmed(set_aside, risk, policy.confirm_judgement_at_or_above),),
                 level=None,
                 certainty=LEARNED_CERTAINTY,
                 backend=backend,
@@ -119,6 +113,17 @@ class HighRisk(DecisionPoint):
             certainty=MODEL_CERTAINTY,
             backend=backend,
         )
+
+
+def _not_confirmed(set_aside: tuple[Finding, ...], risk: estimates.Estimate, threshold: float) -> Finding:
+    """What a judgement call set aside said, and why it was not confirmed."""
+    why = "; ".join(f.text for f in set_aside)
+    return Finding(
+        "learned.judgement_not_confirmed",
+        f"{why}: not confirmed, {risk.text} (confirms from {estimates.percent(threshold)})",
+        STEP_HIGH_RISK,
+        set_aside[0].input_field,
+    )
 
 
 HIGH_RISK = HighRisk()

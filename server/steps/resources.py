@@ -87,11 +87,13 @@ class Resources(DecisionPoint):
         count = estimate.count
         unrecognized = any(w.code == UNRECOGNIZED_COMPLAINT for w in rules.warnings)
         procedure = any(r.kind in _PROCEDURES for r in rules.resources)
-        if strategy == "most_urgent" or unrecognized or procedure:
+        danger_zone = any(state.startswith("danger_zone_") for state in run.facts.states)
+        if strategy == "most_urgent" or unrecognized or procedure or danger_zone:
             # A complaint nothing recognised is never low acuity by default: the
             # rules' assumed work-up stands, and B and D rest on the estimate.
             # A procedure the complaint calls for (a repair, a reduction) is not
-            # a guess either: the estimate may add to the rules' count, not cut it.
+            # a guess either, and a vital sign in the danger zone must reach D:
+            # there the estimate may add to the rules' count, not cut it.
             count = max(count, min(rules.resource_count, 2))
         if count == min(rules.resource_count, 2):
             note = Finding("learned.resources", estimate.text, STEP_RESOURCES, strongest_input(estimate, run))

@@ -102,7 +102,7 @@ async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: A
         (update(0, ["no_such_field"]), "update_mask"),
         (update(0, ["high_risk.backend"], high_risk=StepPolicy(backend="openai:no-price")), "config.high_risk.backend"),
         (update(0, ["resources.backend"], resources=StepPolicy(backend="not a backend")), "config.resources.backend"),
-        (update(0, ["narrative.backend"], narrative=StepPolicy(backend="learned")), "config.narrative.backend"),
+        (update(0, ["narrative.backend"], narrative=StepPolicy(backend="learned")), "config.narrative"),
         (
             update(0, ["high_risk"], high_risk=StepPolicy(backend="rules", strategy=admin_service_pb2.STRATEGY_MODEL)),
             "config.high_risk.strategy",

@@ -91,6 +91,16 @@ async def test_a_judgement_call_needs_the_estimate_under_model_only(
     assert code in codes(result)
 
 
+async def test_a_judgement_call_set_aside_beside_a_red_flag_is_still_said(engine: RulesEngine) -> None:
+    never = policy(confirm_judgement_at_or_above=NEVER)
+
+    result = await classify(engine, "chest pain", "55y", learned=never, vitals={"pain_score": 9, "heart_rate_bpm": 118})
+
+    assert result.esi_level == 2
+    assert {"high_risk.possible_acs", "learned.judgement_not_confirmed"} <= codes(result)
+    assert "high_risk.severe_pain_with_tachycardia" not in codes(result)
+
+
 async def test_a_confirmed_judgement_call_stands(engine: RulesEngine) -> None:
     result = await classify(
         engine, "back pain", "45y", learned=policy(confirm_judgement_at_or_above=ALWAYS),
@@ -147,6 +157,16 @@ async def test_a_procedure_the_rules_call_for_is_not_cut_by_the_estimate(engine:
 
     assert result.esi_level == 4
     assert "learned.resources" in codes(result)
+
+
+async def test_a_danger_zone_vital_sign_still_reaches_d(engine: RulesEngine) -> None:
+    # The rules expect two resources for abdominal pain; an estimate of none must not skip D's check.
+    forced = policy(no_resources_at_or_above=ALWAYS, danger_zone_up_triage_at_or_above=ALWAYS)
+
+    result = await classify(engine, "abd pain", "35y", learned=forced, vitals={"heart_rate_bpm": 125})
+
+    assert result.esi_level == 2
+    assert "danger_zone.heart_rate" in codes(result)
 
 
 async def test_an_unrecognised_complaint_is_never_low_acuity_by_default(engine: RulesEngine) -> None:

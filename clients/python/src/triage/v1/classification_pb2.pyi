@@ -221,7 +221,10 @@ class Classification(_message.Message):
     """decided_at is the decision point that settled the level."""
     resource_count: _builtins.int
     """resource_count is the number of ESI resources predicted: distinct types,
-    a complex procedure counting two.
+    a complex procedure counting two. When decision point C is answered by
+    the learned estimate, it is the estimate's class (0, 1, or 2 for two or
+    more) and may differ from the count of predicted_resources, which stay
+    the rules' list for the nurse to check; C's findings say which.
     """
     rationale: _builtins.str
     """rationale is a short human-readable summary of why this level."""
