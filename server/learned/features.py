@@ -298,16 +298,8 @@ def label(feature: str, facts: CaseFacts) -> str:
 
 
 # The TriageCase field each family of features is read from.
-_INPUT_FIELDS = {
-    AGE: "age",
-    SEX: "sex",
-    ARRIVAL: "arrival_mode",
-    HEART_RATE: "vitals.heart_rate_bpm",
-    RESPIRATORY_RATE: "vitals.respiratory_rate_per_min",
-    SPO2: "vitals.spo2_percent",
-    SYSTOLIC_BP: "vitals.systolic_bp_mmhg",
-    TEMPERATURE: "vitals.temperature_c",
-    PAIN: "vitals.pain_score",
+_INPUT_FIELDS = {AGE: "age", SEX: "sex", ARRIVAL: "arrival_mode"} | {
+    binned.family: f"vitals.{field}" for binned, field in _VITALS
 }
 
 
