@@ -8,25 +8,34 @@ no model call. In process (an LRU with a TTL) by default; in Redis, shared by
 every process, when TRIAGE_REDIS_URL is set. The cached classification quotes
 the complaint in its findings, so entries live only `ttl_seconds` and a
 Redis holding them must be treated like the database.
+
+Redis is behind a circuit breaker: when it fails or hangs, lookups miss and
+nothing is stored, at once, until a probe finds it answering again; so a
+hung Redis costs one timeout per breaker window, not one per call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio
 from redis.exceptions import RedisError
 
 from server import metrics
+from server.breaker import CircuitBreaker
 from triage.v1 import case_pb2
 
-log = logging.getLogger("triage.cache")
-
 _PREFIX = "triage:classification:"
+# A Redis that stalls must not stall calls: give up quickly, and skip it for a while.
+_REDIS_TIMEOUT_SECONDS = 0.25
+_REDIS_OPEN_SECONDS = 2.0
+
+T = TypeVar("T")
 
 
 def cache_key(secret: bytes, case: case_pb2.TriageCase, config_version: int, ruleset_version: str) -> str:
@@ -44,7 +53,17 @@ class ResponseCache:
         self._max_entries = max_entries
         self._ttl = ttl_seconds
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.25) if redis_url else None
+        self._redis: redis.asyncio.Redis | None = None
+        self._breaker: CircuitBreaker | None = None
+        if redis_url:
+            self._redis = redis.asyncio.Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_SECONDS)
+            self._breaker = CircuitBreaker(
+                "redis_cache",
+                failure_threshold=1,
+                open_seconds=_REDIS_OPEN_SECONDS,
+                fallback="every lookup misses and nothing is cached",
+                probe=self._ping,
+            )
 
     @property
     def enabled(self) -> bool:
@@ -57,11 +76,7 @@ class ResponseCache:
 
     async def _get(self, key: str) -> bytes | None:
         if self._redis is not None:
-            try:
-                value = await self._redis.get(_PREFIX + key)
-            except RedisError as error:
-                log.warning("cache unavailable", extra={"fields": {"error_type": type(error).__name__}})
-                return None
+            value = await self._shared(lambda shared: shared.get(_PREFIX + key))
             return value if isinstance(value, bytes) else None
         entry = self._entries.get(key)
         if entry is None:
@@ -75,16 +90,32 @@ class ResponseCache:
 
     async def put(self, key: str, value: bytes) -> None:
         if self._redis is not None:
-            try:
-                await self._redis.set(_PREFIX + key, value, px=int(self._ttl * 1000))
-            except RedisError as error:
-                log.warning("cache unavailable", extra={"fields": {"error_type": type(error).__name__}})
+            await self._shared(lambda shared: shared.set(_PREFIX + key, value, px=int(self._ttl * 1000)))
             return
         self._entries[key] = (time.monotonic() + self._ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
+    async def _shared(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T | None:
+        """`command`'s result from Redis; None, at once, while its circuit is open, and when it fails."""
+        assert self._redis is not None
+        assert self._breaker is not None
+        if not self._breaker.allow():
+            return None
+        try:
+            result = await command(self._redis)
+        except RedisError as error:
+            self._breaker.failed(error)
+            return None
+        self._breaker.succeeded()
+        return result
+
+    async def _ping(self) -> bool:
+        assert self._redis is not None
+        return bool(await self._redis.ping())  # type: ignore[misc]  # typed for sync and async at once
+
     async def close(self) -> None:
-        if self._redis is not None:
+        if self._redis is not None and self._breaker is not None:
+            await self._breaker.close()
             await self._redis.aclose()

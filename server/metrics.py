@@ -60,3 +60,16 @@ def prepare_multiprocess(directory: Path) -> None:
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROCESS_DIRECTORY] = str(directory)
+
+
+# Circuit breakers (server/breaker.py).
+DEPENDENCY_CIRCUIT_OPEN = Gauge(
+    "triage_dependency_circuit_open",
+    "1 while a dependency's circuit is open (calls skip it and take their fallback), 0 while closed; by dependency "
+    "(redis_cache, redis_rate_limit, or a model backend's name).",
+    ["dependency"],
+    multiprocess_mode="livemax",
+)
+DEPENDENCY_CIRCUIT_OPENED = Counter(
+    "triage_dependency_circuit_opened_total", "Times a dependency's circuit opened, by dependency.", ["dependency"]
+)

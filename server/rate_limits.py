@@ -6,16 +6,16 @@ the first one that is spent. The moving-window strategy makes the count
 exact: in memory it runs under a lock per key, in Redis as one Lua script, so
 several server processes sharing Redis share one exact count.
 
-If Redis cannot be reached the service keeps answering: counting falls back
-to this process's memory (each process then allows the full limit, so the
-total is looser), the change is logged and reported through `on_degraded`,
-and Redis is probed until it answers again.
+If Redis fails or hangs the service keeps answering: Redis is behind a
+circuit breaker, and while it is open counting falls back to this process's
+memory at once (each process then allows the full limit, so the total is
+looser); the change is logged and reported through `on_degraded`, and Redis
+is probed until it answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -31,11 +31,11 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
 
-log = logging.getLogger("triage.rate_limits")
+from server.breaker import CircuitBreaker
 
-# A Redis that stalls must not stall calls: give up quickly and count locally.
+# A Redis that stalls must not stall calls: give up quickly, and count locally for a while.
 _REDIS_TIMEOUT_SECONDS = 0.25
-_PROBE_INTERVAL_SECONDS = 2.0
+_REDIS_OPEN_SECONDS = 2.0
 _EXPIRY_INTERVAL_SECONDS = 1.0
 
 
@@ -86,6 +86,7 @@ class RateLimiter:
         self._memory = MovingWindowRateLimiter(self._storage)
         self._expiry: asyncio.Task[None] | None = None
         self._shared: AsyncMovingWindowRateLimiter | None = None
+        self._breaker: CircuitBreaker | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None
         if redis_url:
             # Our own pool, so that close() can release its connections.
@@ -99,20 +100,28 @@ class RateLimiter:
                 connection_pool=self._pool,  # type: ignore[arg-type]  # limits passes it on to redis
             )
             self._shared = AsyncMovingWindowRateLimiter(storage)
-        self._on_degraded = on_degraded
-        self.degraded = False
-        self._probe: asyncio.Task[None] | None = None
+            self._breaker = CircuitBreaker(
+                "redis_rate_limit",
+                failure_threshold=1,
+                open_seconds=_REDIS_OPEN_SECONDS,
+                fallback="rate limits are counted in this process",
+                probe=storage.check,
+                on_change=on_degraded,
+            )
 
     async def hit(self, subject: str, limits_text: str) -> Decision:
         """Counts one call for `subject`; the decision says whether it may proceed."""
         items = parse_limits(limits_text)
         if self._expiry is None:
             self._expiry = asyncio.create_task(self._expire_forever())
-        if self._shared is not None and not self.degraded:
+        if self._shared is not None and self._breaker is not None and self._breaker.allow():
             try:
-                return await self._hit_shared(self._shared, subject, items)
+                decision = await self._hit_shared(self._shared, subject, items)
             except StorageError as error:
-                self._degrade(error)
+                self._breaker.failed(error.__cause__ or error)
+            else:
+                self._breaker.succeeded()
+                return decision
         return self._hit_memory(subject, items)
 
     def _hit_memory(self, subject: str, items: tuple[RateLimitItem, ...]) -> Decision:
@@ -136,39 +145,16 @@ class RateLimiter:
                 break
         return _tightest(decisions)
 
-    def _degrade(self, error: Exception) -> None:
-        if self.degraded:
-            return
-        self.degraded = True
-        log.error(
-            "rate-limit storage unreachable; counting in this process until it returns",
-            extra={"fields": {"error_type": type(error.__cause__ or error).__name__}},
-        )
-        self._on_degraded(True)
-        self._probe = asyncio.create_task(self._probe_until_back())
-
-    async def _probe_until_back(self) -> None:
-        assert self._shared is not None
-        while True:
-            await asyncio.sleep(_PROBE_INTERVAL_SECONDS)
-            try:
-                if await self._shared.storage.check():
-                    break
-            except Exception:  # noqa: BLE001 - still away; keep probing
-                continue
-        self.degraded = False
-        log.warning("rate-limit storage reachable again; counting there")
-        self._on_degraded(False)
-
     async def _expire_forever(self) -> None:
         while True:
             await asyncio.sleep(_EXPIRY_INTERVAL_SECONDS)
             self._storage.expire()
 
     async def close(self) -> None:
-        for task in (self._probe, self._expiry):
-            if task is not None:
-                task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._breaker is not None:
+            await self._breaker.close()
         if self._pool is not None:
             await self._pool.aclose()
 

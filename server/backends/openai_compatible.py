@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from tenacity.wait import wait_exponential_jitter
 
 from server.backends.answers import NARRATIVE_PROMPT, SYSTEM_PROMPT, Answer, ModelQuestion, describe_case
-from server.backends.circuit import CircuitBreaker
+from server.breaker import CircuitBreaker
 from server.domain import Case
 
 # Faults worth another try; anything else (400, 401, 404 ...) will not mend itself.
@@ -111,8 +111,8 @@ class OpenAICompatibleBackend:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
-        except (TimeoutError, openai.OpenAIError):
-            self.breaker.failed()
+        except (TimeoutError, openai.OpenAIError) as error:
+            self.breaker.failed(error)
             yield usage
             raise ModelUnavailable("timeout or error while streaming") from None
         yield usage
@@ -142,11 +142,11 @@ class OpenAICompatibleBackend:
                             timeout=remaining,
                             **request,
                         )
-        except (TimeoutError, openai.APITimeoutError):
-            self.breaker.failed()
+        except (TimeoutError, openai.APITimeoutError) as error:
+            self.breaker.failed(error)
             raise ModelUnavailable("timeout") from None
         except openai.OpenAIError as error:
-            self.breaker.failed()
+            self.breaker.failed(error)
             raise ModelUnavailable(f"error ({type(error).__name__})") from None
         self.breaker.succeeded()
         return response

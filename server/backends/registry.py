@@ -3,7 +3,8 @@
 The provider `openai` is always known (TRIAGE_OPENAI_BASE_URL and
 TRIAGE_OPENAI_API_KEY); more OpenAI-compatible providers (Azure OpenAI, a
 vLLM or Ollama server) are configured side by side in TRIAGE_OPENAI_PROVIDERS.
-A backend object, with its circuit breaker, is made on first use and kept.
+A backend object, with its circuit breaker, is made on first use and kept;
+the circuit's opening and closing are logged and counted under the backend's name.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 
 from openai import AsyncOpenAI
 
-from server.backends.circuit import CircuitBreaker
 from server.backends.openai_compatible import OpenAICompatibleBackend
+from server.breaker import CircuitBreaker
 from server.runtime_config import LEARNED, RULES
 
 
@@ -57,7 +58,12 @@ class BackendRegistry:
                 name,
                 self._clients[provider],
                 model,
-                CircuitBreaker(failure_threshold=self._threshold, open_seconds=self._open_seconds),
+                CircuitBreaker(
+                    name,
+                    failure_threshold=self._threshold,
+                    open_seconds=self._open_seconds,
+                    fallback="the step takes the rules' answer",
+                ),
                 max_output_tokens=self._max_output_tokens,
             )
         return backend

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 from google.protobuf import field_mask_pb2
@@ -11,11 +13,13 @@ from prometheus_client import REGISTRY
 
 from server.app import TriageServer
 from server.config import ProviderSettings, Settings
+from tests.circuits import dependencies
 from tests.conftest import KeysFor
 from tests.fake_llm import FakeLLM, Reply
 from tests.integration.test_model_backends import HEADACHE, route
+from tests.redis_faults import connections_received, down, hung
 from tests.redis_server import RedisServer
-from tests.support import make_case
+from tests.support import eventually, make_case
 from triage.v1 import admin_service_pb2
 from triage.v1.admin_service_pb2 import Config, UpdateConfigRequest
 from triage_client import AsyncTriageClient
@@ -120,3 +124,46 @@ async def test_servers_sharing_redis_share_the_cache(
     finally:
         for server in servers:
             await server.stop(grace_seconds=0)
+
+
+@pytest.mark.parametrize("fault", [hung, down], ids=["hung", "down"])
+async def test_a_failing_redis_is_skipped_after_one_attempt_and_used_again_when_it_answers(
+    settings: Settings,
+    redis_server: RedisServer,
+    keys_for: KeysFor,
+    caplog: pytest.LogCaptureFixture,
+    fault: Callable[[RedisServer], AbstractAsyncContextManager[None]],
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = TriageServer(settings.model_copy(update={"redis_url": redis_server.url, "cache_ttl_seconds": 60}))
+    await server.start()
+    try:
+        key = await keys_for(server)
+        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
+            await client.classify(CASE)
+            before = await connections_received(redis_server)
+            async with fault(redis_server):
+                # Each would wait out a timeout on the lookup and another on the store without the breaker.
+                answered = [await client.classify(SAME_CASE) for _ in range(50)]
+                warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            if fault is hung:
+                # Redis accepts, on resuming, the connections made while it was stopped: one per attempt
+                # after the first, as a client drops a connection that timed out. Here the cache's and the
+                # rate limiter's first attempts, and their probes (one per window for each).
+                assert await connections_received(redis_server) - before < 10
+
+            async def cache_used_again() -> bool:
+                hits_before = hits()
+                await client.classify(SAME_CASE)
+                return hits() > hits_before
+
+            await eventually(cache_used_again, within_seconds=10)
+    finally:
+        await server.stop(grace_seconds=0)
+
+    assert len(answered) == 50
+    # The state changes are logged, not the calls: one line for each use of Redis.
+    assert sorted(dependencies(caplog, "circuit opened")) == ["redis_cache", "redis_rate_limit"]
+    assert len(warnings) == 2
+    assert "redis_cache" in dependencies(caplog, "circuit closed")
+    assert REGISTRY.get_sample_value("triage_dependency_circuit_open", {"dependency": "redis_cache"}) == 0

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 from typing import TypeAlias
 
 import pytest
 from google.protobuf import field_mask_pb2
+from prometheus_client import REGISTRY
 
+from server.app import TriageServer
 from server.config import ProviderSettings, Settings
+from tests.circuits import circuit_lines
+from tests.conftest import KeysFor
 from tests.fake_llm import FakeLLM, Reply, answer
 from tests.support import make_case
 from triage.v1 import admin_service_pb2, classification_pb2
@@ -158,6 +165,42 @@ async def test_a_failing_backend_opens_its_circuit(client: AsyncTriageClient, fa
     backends = {b.name: b for b in (await client.list_backends()).backends}
     assert backends[MODEL].circuit_state == admin_service_pb2.CIRCUIT_STATE_OPEN
     assert backends["rules"].circuit_state == admin_service_pb2.CIRCUIT_STATE_CLOSED
+
+
+async def test_a_backend_outage_is_logged_and_counted_when_its_circuit_opens_and_closes(
+    settings: Settings, fake_llm: FakeLLM, keys_for: KeysFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    opened_before = REGISTRY.get_sample_value("triage_dependency_circuit_opened_total", {"dependency": MODEL}) or 0
+    server = TriageServer(settings.model_copy(update={"circuit_open_seconds": 0.5}))
+    await server.start()
+    try:
+        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=await keys_for(server)) as client:
+            await route(client, "high_risk", admin_service_pb2.STRATEGY_MOST_URGENT)
+            # Unplanned, the model answers HTTP 500: an outage.
+            for _ in range(5):
+                classification = await client.classify(HEADACHE)
+                assert any(f.code == "model.fallback" for f in classification.findings)
+            assert REGISTRY.get_sample_value("triage_dependency_circuit_open", {"dependency": MODEL}) == 1
+
+            fake_llm.defaults["high_risk"] = answer(high_risk=True, reasons=["sudden"])
+            await asyncio.sleep(0.6)  # the window; then a trial call
+            recovered = await client.classify(HEADACHE)
+    finally:
+        await server.stop(grace_seconds=0)
+
+    assert recovered.esi_level == classification_pb2.ESI_LEVEL_2
+    lines = circuit_lines(caplog)
+    assert [(event, fields["dependency"]) for event, fields in lines] == [
+        ("circuit opened", MODEL),
+        ("circuit closed", MODEL),
+    ]
+    opened = lines[0][1]
+    assert (opened["failures"], opened["open_seconds"], opened["error_type"]) == (2, 0.5, "InternalServerError")
+    assert "headache" not in json.dumps(lines)
+    opened_after = REGISTRY.get_sample_value("triage_dependency_circuit_opened_total", {"dependency": MODEL})
+    assert opened_after == opened_before + 1
+    assert REGISTRY.get_sample_value("triage_dependency_circuit_open", {"dependency": MODEL}) == 0
 
 
 @pytest.mark.parametrize("content", ["not json at all", '{"high_risk": "perhaps"}', '{"reasons": []}'])

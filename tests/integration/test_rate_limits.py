@@ -9,13 +9,16 @@ from datetime import timedelta
 
 import grpc
 import pytest
+import redis.asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from server.app import RATE_LIMIT_STORAGE_HEALTH, TriageServer
 from server.calls import Role
 from server.config import Settings
+from tests.circuits import dependencies
 from tests.conftest import issue_test_key
+from tests.redis_faults import connections_received, hung
 from tests.redis_server import RedisServer
 from tests.support import eventually, make_case
 from triage.v1 import classify_service_pb2, classify_service_pb2_grpc, explain_service_pb2, explain_service_pb2_grpc
@@ -90,7 +93,8 @@ async def test_a_key_without_its_own_limit_gets_its_roles_default(server: Triage
 
 @pytest.fixture
 async def redis_backed(settings: Settings, redis_server: RedisServer) -> AsyncIterator[TriageServer]:
-    server = TriageServer(settings.model_copy(update={"redis_url": redis_server.url}))
+    """Redis for the rate limits alone (no cache, which would use it too)."""
+    server = TriageServer(settings.model_copy(update={"redis_url": redis_server.url, "cache_ttl_seconds": 0}))
     await server.start()
     yield server
     await server.stop(grace_seconds=0)
@@ -120,7 +124,7 @@ async def _storage_health(server: TriageServer) -> int:
 async def test_losing_redis_falls_back_to_local_counts_and_says_so(
     redis_backed: TriageServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="triage.rate_limits")
+    caplog.set_level(logging.INFO, logger="triage.circuit")
     key = await issue_test_key(redis_backed, Role.SERVICE, rate_limit="100/minute")
     serving = health_pb2.HealthCheckResponse.SERVING
     async with AsyncTriageClient(f"127.0.0.1:{redis_backed.port}", api_key=key) as client:
@@ -131,7 +135,7 @@ async def test_losing_redis_falls_back_to_local_counts_and_says_so(
         await client.classify(CASE)  # still answered, counted in this process
         assert await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert await client.health() == serving  # the service as a whole still serves
-        assert "rate-limit storage unreachable" in caplog.text
+        assert dependencies(caplog, "circuit opened") == ["redis_rate_limit"]
 
         await redis_server.start()
 
@@ -140,4 +144,45 @@ async def test_losing_redis_falls_back_to_local_counts_and_says_so(
 
         await eventually(recovered, within_seconds=10)
         await client.classify(CASE)
-    assert "reachable again" in caplog.text
+    assert dependencies(caplog, "circuit closed") == ["redis_rate_limit"]
+
+
+async def test_a_hung_redis_costs_one_attempt_and_limits_are_still_kept_in_this_process(
+    redis_backed: TriageServer, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    key = await issue_test_key(redis_backed, Role.SERVICE, rate_limit="20/minute")
+    async with AsyncTriageClient(f"127.0.0.1:{redis_backed.port}", api_key=key) as client:
+        before = await connections_received(redis_server)
+        async with hung(redis_server):
+            outcomes: list[object] = []
+            for _ in range(50):
+                try:
+                    outcomes.append(await client.classify(CASE))
+                except ResourceExhausted as refusal:
+                    outcomes.append(refusal)
+            assert await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.NOT_SERVING
+            warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        # The first call's attempt and the probes (one per window), each on a new connection; not one per call.
+        assert await connections_received(redis_server) - before < 5
+
+        async def recovered() -> bool:
+            return await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(recovered, within_seconds=10)
+        keys_before = await _redis_keys(redis_server)
+        await client.classify(CASE)
+        assert await _redis_keys(redis_server) > keys_before  # counted in Redis again
+
+    assert sum(1 for o in outcomes if isinstance(o, ResourceExhausted)) == 30
+    assert dependencies(caplog, "circuit opened") == ["redis_rate_limit"]
+    assert len(warnings) == 1
+    assert dependencies(caplog, "circuit closed") == ["redis_rate_limit"]
+
+
+async def _redis_keys(redis_server: RedisServer) -> int:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        return int(await client.dbsize())
+    finally:
+        await client.aclose()
