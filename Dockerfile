@@ -19,5 +19,7 @@ ENV TRIAGE_HOST=0.0.0.0 \
     TRIAGE_METRICS_PORT=9090
 EXPOSE 50051 9090
 # Kubernetes: use a gRPC probe on port 50051 (grpc.health.v1.Health); scrape :9090/metrics.
+# Before the first start and after every upgrade (back up first), migrate the schema:
+#   docker run --rm -v DATA:/data IMAGE triage-server migrate
 # The first key: docker run --rm -v DATA:/data IMAGE triage-server keys create --name ops --role admin
 CMD ["triage-server", "serve"]

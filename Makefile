@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 $(GHZ):
 	GOBIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-# `make run` keeps a local admin key in .triage-dev-key (mode 0600), made once
-# for the local database and secret, so that `triage` works out of the box.
+# `make run` migrates the embedded database (a no-op when it is current) and keeps a local
+# admin key in .triage-dev-key (mode 0600), made once for the local database and secret,
+# so that `triage` works out of the box.
 DEV_KEY := .triage-dev-key
 
 run: setup
+	@$(BIN)/triage-server migrate
 	@if [ ! -s $(DEV_KEY) ] || [ ! -f triage.db ] || [ ! -f triage-secret.key ]; then \
 	  umask 077 && $(BIN)/triage-server keys create --name local-dev --role admin | tail -n 1 > $(DEV_KEY); \
 	fi

@@ -59,6 +59,7 @@ def main() -> int:
         "TRIAGE_CACHE_TTL_SECONDS": "0",
         "TRIAGE_OPENAI_PROVIDERS": json.dumps({"fake": {"base_url": fake.url}}),
     }
+    subprocess.run([sys.executable, "-m", "server", "migrate"], cwd=workdir, env=env, check=True, capture_output=True)
     created = subprocess.run(
         [sys.executable, "-m", "server", "keys", "create", "--name", "bench", "--role", "admin",
          "--rate-limit", "1000000/second"],

@@ -180,6 +180,7 @@ def main() -> int:
         # Every call is a new classification: the figures are the uncached path's.
         "TRIAGE_CACHE_TTL_SECONDS": "0",
     }
+    subprocess.run([python, "-m", "server", "migrate"], cwd=workdir, env=triage_env, check=True, capture_output=True)
     # The whole interceptor chain runs: a service key, with a limit the load never reaches.
     created = subprocess.run(
         [python, "-m", "server", "keys", "create", "--name", "bench", "--role", "service",

@@ -38,6 +38,7 @@ from server.services.admin import AdminService
 from server.services.classifier import Classifier
 from server.services.classify import CLASSIFY_METHOD, ClassifyService
 from server.services.explain import EXPLAIN_METHOD, ExplainService
+from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.database import open_database
@@ -108,6 +109,7 @@ class TriageServer:
         resources = self._resources
         engine = await asyncio.to_thread(open_database, settings.database_url)
         resources.callback(engine.dispose)
+        await asyncio.to_thread(schema.require_current, engine)
         secret = await asyncio.to_thread(load_server_secret, settings)
         audit = AuditLog(
             engine,

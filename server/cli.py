@@ -14,9 +14,11 @@ from server.config import Settings
 from server.identity.api_keys import issue_key, key_violations
 from server.logs import configure_logging
 from server.secret import load_server_secret
+from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
 from server.store.models import ApiKeyRecord
+from server.store.schema import SchemaNotCurrent
 from triage_client.cli import duration
 
 
@@ -24,6 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="triage-server", description="The ED triage gRPC service.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve gRPC on TRIAGE_HOST:TRIAGE_PORT until SIGTERM or SIGINT")
+    migrate = commands.add_parser(
+        "migrate",
+        help="upgrade TRIAGE_DATABASE_URL's schema to this release's (take a backup first)",
+        description="Upgrades the database schema to the one this release needs; the server refuses to start "
+        "on an older one. Safe to run again, and from two places at once on PostgreSQL.",
+    )
+    migrate.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL instead of running it (for a DBA to review), from an empty database or --from",
+    )
+    migrate.add_argument("--from", dest="since", metavar="REVISION", help="with --sql: the database's revision now")
     evaluate = add_evaluate_parser(commands)
     keys = commands.add_parser(
         "keys", help="manage API keys directly in TRIAGE_DATABASE_URL (bootstrap; or use `triage admin keys`)"
@@ -40,21 +54,50 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
 
-    if args.command == "keys":
-        return manage_keys(args)
-
-    if args.command == "serve":
-        settings = Settings()
-        configure_logging(settings.log_level)
-        unknown = Settings.unknown_variables()
-        if unknown:
-            logging.getLogger("triage.config").warning(
-                "ignoring unknown TRIAGE_* variables", extra={"fields": {"variables": unknown}}
-            )
-        from server.workers import run
-
-        return run(settings)
+    try:
+        if args.command == "keys":
+            return manage_keys(args)
+        if args.command == "migrate":
+            return migrate_schema(args)
+        if args.command == "serve":
+            return serve()
+    except SchemaNotCurrent as error:
+        print(f"triage-server: {error}", file=sys.stderr)
+        return 2
     return run_evaluate(args, evaluate)
+
+
+def serve() -> int:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    unknown = Settings.unknown_variables()
+    if unknown:
+        logging.getLogger("triage.config").warning(
+            "ignoring unknown TRIAGE_* variables", extra={"fields": {"variables": unknown}}
+        )
+    # Checked once here, before any worker starts, so that a behind schema is one clear message.
+    engine = open_database(settings.database_url)
+    try:
+        schema.require_current(engine)
+    finally:
+        engine.dispose()
+    from server.workers import run
+
+    return run(settings)
+
+
+def migrate_schema(args: argparse.Namespace) -> int:
+    """`triage-server migrate`: the schema to head, or the SQL that would take it there."""
+    url = Settings().database_url
+    if args.sql:
+        schema.upgrade_sql(url, sys.stdout, args.since)
+        return 0
+    before, after = schema.upgrade(url)
+    if before == after:
+        print(f"the schema is current (revision {after})")
+    else:
+        print(f"migrated the schema from revision {before or 'empty'} to {after}")
+    return 0
 
 
 # The named sets of server/evaluation.DATASETS (a test keeps them equal), listed here so that
@@ -137,7 +180,9 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def manage_keys(args: argparse.Namespace) -> int:
     """`triage-server keys ...`: works on the database, so it needs no running server and no key."""
     settings = Settings()
-    store = ApiKeyStore(open_database(settings.database_url))
+    engine = open_database(settings.database_url)
+    schema.require_current(engine)
+    store = ApiKeyStore(engine)
     if args.keys_command == "create":
         role = Role(args.role)
         budget = round(args.monthly_budget_usd * 1_000_000)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from server.app import TriageServer
 from server.calls import Role
@@ -15,11 +18,15 @@ from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.identity.api_keys import issue_key
 from server.secret import load_server_secret
+from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
 from tests.fake_llm import FakeLLM, start_fake_llm
 from tests.redis_server import RedisServer, redis_available
+from tests.support import migrated_sqlite
 from triage_client import AsyncTriageClient
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +39,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         host="127.0.0.1",
         port=0,
-        database_url=f"sqlite:///{tmp_path / 'triage.db'}",
+        database_url=migrated_sqlite(tmp_path / "triage.db"),
         secret_key="test-secret",  # type: ignore[arg-type]
         shutdown_grace_seconds=2.0,
         # ESI as published at D, so that tests of the service see ESI 2 for danger-zone vitals.
@@ -42,6 +49,30 @@ def settings(tmp_path: Path) -> Settings:
         rate_limit_service="10000/second",
         rate_limit_admin="10000/second",
     )
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server named by TEST_POSTGRES_URL, dropped afterwards."""
+    if not POSTGRES_URL:
+        if os.environ.get("TEST_REQUIRE_POSTGRES"):
+            pytest.fail("TEST_POSTGRES_URL is not set but TEST_REQUIRE_POSTGRES is")
+        pytest.skip("no PostgreSQL server: set TEST_POSTGRES_URL (.ci/run does)")
+    name = f"triage_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(empty_postgres_url: str) -> str:
+    """A new database on the test PostgreSQL server, migrated as `triage-server migrate` does."""
+    schema.upgrade(empty_postgres_url)
+    return empty_postgres_url
 
 
 @pytest.fixture

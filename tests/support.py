@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import re
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from server.store import schema
 from triage.v1 import case_pb2
 
 _AGE = re.compile(r"^(\d+)(y|mo|d)$")
@@ -57,3 +63,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_seconds: float
     async with asyncio.timeout(within_seconds):
         while not await check():  # noqa: ASYNC110 - the state is in another process; there is no event
             await asyncio.sleep(0.05)
+
+
+@functools.cache
+def _migrated_template() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="triage-schema-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "template.db"
+    schema.upgrade(f"sqlite:///{path}")
+    return path
+
+
+def migrated_sqlite(path: Path) -> str:
+    """The URL of a new SQLite database at `path` with the current schema, as `triage-server migrate` makes it.
+
+    Migrated once per test run and copied: a test gets the migrations' schema without paying for them.
+    """
+    shutil.copyfile(_migrated_template(), path)
+    return f"sqlite:///{path}"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
-
-from server.store import models  # noqa: F401 - registers the tables
 
 _SQLITE_PRAGMAS = (
     # Readers never block the writer, and the writer never blocks readers.
@@ -19,17 +16,22 @@ _SQLITE_PRAGMAS = (
 )
 
 
-def open_database(url: str) -> Engine:
-    """Creates the engine and the tables (migrations arrive with alembic later)."""
+def engine_url(url: str) -> URL:
+    """`url` with the driver this service uses (psycopg 3 for PostgreSQL)."""
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def open_database(url: str) -> Engine:
+    """The engine; the schema is made and changed only by `server.store.schema.upgrade`."""
+    parsed = engine_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(parsed, pool_pre_ping=True)
-    SQLModel.metadata.create_all(engine)
     return engine
 
 

@@ -10,6 +10,8 @@ from asyncio.subprocess import Process
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import migrated_sqlite
+
 
 @dataclass
 class ServerProcess:
@@ -44,11 +46,17 @@ def parse_line(line: bytes) -> dict[str, object]:
     return entry
 
 
+def database_url(directory: Path) -> str:
+    """The server's SQLite database in `directory`, migrated when it is new (as `make run` does)."""
+    path = directory / "triage.db"
+    return f"sqlite:///{path}" if path.exists() else migrated_sqlite(path)
+
+
 def server_environment(directory: Path) -> dict[str, str]:
     """The environment of a server kept in `directory` (and of `triage-server keys` for it)."""
     return os.environ | {
         "TRIAGE_PORT": "0",
-        "TRIAGE_DATABASE_URL": f"sqlite:///{directory / 'triage.db'}",
+        "TRIAGE_DATABASE_URL": database_url(directory),
         "TRIAGE_SECRET_KEY": "e2e-secret",
     }
 

@@ -13,6 +13,7 @@ import pytest
 
 from server.app import TriageServer
 from server.calls import Role
+from tests.support import migrated_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAGE = str(Path(sys.executable).with_name("triage"))
@@ -157,7 +158,7 @@ async def test_admin_keys_create_list_and_revoke(target: str) -> None:
 
 
 async def test_server_keys_commands_work_on_the_database(tmp_path: Path) -> None:
-    env = {"TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}", "TRIAGE_SECRET_KEY": "cli-test"}
+    env = {"TRIAGE_DATABASE_URL": migrated_sqlite(tmp_path / "keys.db"), "TRIAGE_SECRET_KEY": "cli-test"}
     code, out, _ = await run(TRIAGE_SERVER, "keys", "create", "--name", "ops", "--role", "admin", env=env)
     assert code == 0
     key_id = out.splitlines()[-1][4:30]
@@ -183,7 +184,7 @@ async def test_server_keys_commands_work_on_the_database(tmp_path: Path) -> None
     ],
 )
 async def test_server_keys_create_refuses_bad_options(tmp_path: Path, options: tuple[str, ...], message: str) -> None:
-    env = {"TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}", "TRIAGE_SECRET_KEY": "cli-test"}
+    env = {"TRIAGE_DATABASE_URL": migrated_sqlite(tmp_path / "keys.db"), "TRIAGE_SECRET_KEY": "cli-test"}
     arguments = {"--name": "x", "--role": "demo"} | dict(zip(options[::2], options[1::2], strict=True))
     code, _, err = await run(TRIAGE_SERVER, "keys", "create", *(v for pair in arguments.items() for v in pair), env=env)
 
@@ -254,3 +255,34 @@ async def test_evaluate_reports_agreement_and_a_confusion_matrix() -> None:
 def test_the_commands_are_installed() -> None:
     assert shutil.which(TRIAGE)
     assert shutil.which(TRIAGE_SERVER)
+
+
+async def test_a_database_behind_the_code_is_migrated_before_anything_serves_from_it(tmp_path: Path) -> None:
+    env = {
+        "TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}",
+        "TRIAGE_SECRET_KEY": "cli-test",
+        "TRIAGE_PORT": "0",
+    }
+    for command in (("serve",), ("keys", "list")):
+        code, _, err = await run(TRIAGE_SERVER, *command, env=env)
+        assert code == 2, command
+        assert "has no schema version" in err
+        assert "run `triage-server migrate`" in err
+
+    code, out, _ = await run(TRIAGE_SERVER, "migrate", env=env)
+    assert code == 0
+    assert "migrated the schema from revision empty to" in out
+    code, out, _ = await run(TRIAGE_SERVER, "migrate", env=env)
+    assert code == 0
+    assert "the schema is current" in out
+    code, _, _ = await run(TRIAGE_SERVER, "keys", "list", env=env)
+    assert code == 0
+
+
+async def test_migrate_prints_the_sql_for_a_dba_without_touching_the_database(tmp_path: Path) -> None:
+    env = {"TRIAGE_DATABASE_URL": "postgresql://dba@db.invalid/triage"}
+    code, out, _ = await run(TRIAGE_SERVER, "migrate", "--sql", env=env)
+    assert code == 0
+    assert "CREATE TABLE audit_events" in out
+    assert "TIMESTAMP WITH TIME ZONE" in out  # PostgreSQL's dialect, for the database it names
+    assert "INSERT INTO alembic_version" in out

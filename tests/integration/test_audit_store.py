@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import text
 
 from server.errors import Unavailable
 from server.ids import new_id
 from server.store.audit import AuditLog
 from server.store.database import open_database
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
+from tests.support import migrated_sqlite
 
 
 def _row(**overrides: Any) -> dict[str, Any]:
@@ -43,27 +40,10 @@ def _row(**overrides: Any) -> dict[str, Any]:
     return row | overrides
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server named by TEST_POSTGRES_URL."""
-    if not POSTGRES_URL:
-        if os.environ.get("TEST_REQUIRE_POSTGRES"):
-            pytest.fail("TEST_POSTGRES_URL is not set but TEST_REQUIRE_POSTGRES is")
-        pytest.skip("no PostgreSQL server: set TEST_POSTGRES_URL (.ci/run does)")
-    name = f"triage_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'audit.db'}"
+        return migrated_sqlite(tmp_path / "audit.db")
     url: str = request.getfixturevalue("postgres_url")
     return url
 

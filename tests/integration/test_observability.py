@@ -19,7 +19,7 @@ from server.config import Settings
 from server.ids import is_id
 from server.metrics import serve_metrics
 from tests.conftest import issue_test_key
-from tests.support import make_case
+from tests.support import eventually, make_case
 from triage.v1 import classify_service_pb2, classify_service_pb2_grpc
 from triage_client import AsyncTriageClient, ResourceExhausted, Unauthenticated
 
@@ -71,7 +71,15 @@ async def test_one_access_log_line_per_call_with_no_patient_content(
         with pytest.raises(Unauthenticated):
             await stranger.classify(CASE)
 
-    lines = [r.fields for r in caplog.records if r.name == "triage.access"]  # type: ignore[attr-defined]
+    def access_lines() -> list[Any]:
+        return [r.fields for r in caplog.records if r.name == "triage.access"]  # type: ignore[attr-defined]
+
+    async def both_logged() -> bool:
+        # A refused call's line is written as its status goes out: the caller may see it first.
+        return len(access_lines()) >= 2
+
+    await eventually(both_logged, within_seconds=5)
+    lines = access_lines()
     assert [(line["method"], line["code"]) for line in lines] == [(CLASSIFY, "OK"), (CLASSIFY, "UNAUTHENTICATED")]
     served, refused = lines
     assert served["role"] == "clinician"
