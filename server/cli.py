@@ -14,8 +14,9 @@ from server.config import Settings
 from server.identity.api_keys import issue_key, key_violations
 from server.logs import configure_logging
 from server.secret import load_server_secret
-from server.store import schema
+from server.store import backup, schema
 from server.store.api_keys import ApiKeyStore
+from server.store.backup import BackupError
 from server.store.database import open_database
 from server.store.models import ApiKeyRecord
 from server.store.schema import SchemaNotCurrent
@@ -38,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         help="print the SQL instead of running it (for a DBA to review), from an empty database or --from",
     )
     migrate.add_argument("--from", dest="since", metavar="REVISION", help="with --sql: the database's revision now")
+    backup_parser = commands.add_parser(
+        "backup",
+        help="copy TRIAGE_DATABASE_URL to a file while the server runs (SQLite: online backup; PostgreSQL: pg_dump)",
+    )
+    backup_parser.add_argument("destination", type=Path, help="the backup file to write; it must not exist")
+    restore_parser = commands.add_parser(
+        "restore", help="load a backup into TRIAGE_DATABASE_URL, which must be a new, empty database"
+    )
+    restore_parser.add_argument("source", type=Path, help="a file written by `triage-server backup`")
     evaluate = add_evaluate_parser(commands)
     keys = commands.add_parser(
         "keys", help="manage API keys directly in TRIAGE_DATABASE_URL (bootstrap; or use `triage admin keys`)"
@@ -59,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             return manage_keys(args)
         if args.command == "migrate":
             return migrate_schema(args)
+        if args.command in ("backup", "restore"):
+            return copy_database(args)
         if args.command == "serve":
             return serve()
-    except SchemaNotCurrent as error:
+    except (SchemaNotCurrent, BackupError) as error:
         print(f"triage-server: {error}", file=sys.stderr)
         return 2
     return run_evaluate(args, evaluate)
@@ -84,6 +96,26 @@ def serve() -> int:
     from server.workers import run
 
     return run(settings)
+
+
+def copy_database(args: argparse.Namespace) -> int:
+    """`triage-server backup DEST` and `triage-server restore SRC`."""
+    url = Settings().database_url
+    if args.command == "backup":
+        copied = backup.backup(url, args.destination)
+        print(
+            f"backed up {copied.audit_records} audit records (schema {copied.schema_revision}) "
+            f"to {args.destination} in {copied.seconds:.1f} s; the server secret and the encryption key "
+            "are not in it: keep their backup apart from this one"
+        )
+        return 0
+    copied = backup.restore(args.source, url)
+    print(
+        f"restored {copied.audit_records} audit records (schema {copied.schema_revision}) in {copied.seconds:.1f} s; "
+        "next: restore the server secret and encryption key, run `triage-server migrate` if this release is newer, "
+        "then start the server"
+    )
+    return 0
 
 
 def migrate_schema(args: argparse.Namespace) -> int:

@@ -52,20 +52,33 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def empty_postgres_url() -> Iterator[str]:
-    """A new, empty database on the PostgreSQL server named by TEST_POSTGRES_URL, dropped afterwards."""
+def new_postgres_database() -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases on the PostgreSQL server named by TEST_POSTGRES_URL; drops them afterwards."""
     if not POSTGRES_URL:
         if os.environ.get("TEST_REQUIRE_POSTGRES"):
             pytest.fail("TEST_POSTGRES_URL is not set but TEST_REQUIRE_POSTGRES is")
         pytest.skip("no PostgreSQL server: set TEST_POSTGRES_URL (.ci/run does)")
-    name = f"triage_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"triage_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+    yield create
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        for name in names:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def empty_postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    """A new, empty database on the test PostgreSQL server."""
+    return new_postgres_database()
 
 
 @pytest.fixture

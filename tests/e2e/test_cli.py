@@ -286,3 +286,22 @@ async def test_migrate_prints_the_sql_for_a_dba_without_touching_the_database(tm
     assert "CREATE TABLE audit_events" in out
     assert "TIMESTAMP WITH TIME ZONE" in out  # PostgreSQL's dialect, for the database it names
     assert "INSERT INTO alembic_version" in out
+
+
+async def test_backup_and_restore_commands(tmp_path: Path) -> None:
+    live = {"TRIAGE_DATABASE_URL": migrated_sqlite(tmp_path / "live.db"), "TRIAGE_SECRET_KEY": "cli-test"}
+    code, out, _ = await run(TRIAGE_SERVER, "keys", "create", "--name", "ops", "--role", "admin", env=live)
+    assert code == 0
+    key_id = out.splitlines()[-1][4:30]
+    code, out, _ = await run(TRIAGE_SERVER, "backup", str(tmp_path / "live.backup"), env=live)
+    assert code == 0
+    assert "not in it" in out  # the secret's backup is the operator's, apart from this one
+
+    restored = live | {"TRIAGE_DATABASE_URL": f"sqlite:///{tmp_path / 'restored.db'}"}
+    code, out, _ = await run(TRIAGE_SERVER, "restore", str(tmp_path / "live.backup"), env=restored)
+    assert code == 0
+    code, out, _ = await run(TRIAGE_SERVER, "keys", "list", env=restored)
+    assert key_id in out
+    code, _, err = await run(TRIAGE_SERVER, "restore", str(tmp_path / "live.backup"), env=restored)
+    assert code == 2
+    assert "not empty" in err
