@@ -113,6 +113,7 @@ class TriageServer:
         secret = await asyncio.to_thread(load_server_secret, settings)
         audit = AuditLog(
             engine,
+            secret,
             max_batch_records=settings.audit_max_batch_records,
             max_pending_records=settings.audit_max_pending_records,
         )

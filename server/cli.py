@@ -14,7 +14,7 @@ from server.config import Settings
 from server.identity.api_keys import issue_key, key_violations
 from server.logs import configure_logging
 from server.secret import load_server_secret
-from server.store import backup, schema
+from server.store import backup, chain, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.backup import BackupError
 from server.store.database import open_database
@@ -39,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         help="print the SQL instead of running it (for a DBA to review), from an empty database or --from",
     )
     migrate.add_argument("--from", dest="since", metavar="REVISION", help="with --sql: the database's revision now")
+    audit = commands.add_parser("audit", help="check the audit log's hash chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="name every audit record that was changed, removed, reordered or inserted; exit 1 if any",
+        description="Recomputes the hash chain of the audit records in TRIAGE_DATABASE_URL with the server "
+        "secret. Exit 0: every record verifies; 1: the problems are listed, oldest first.",
+    )
+    verify.add_argument(
+        "--since", type=_timestamp, help="only records at or after this time (ISO 8601, such as 2026-11-01T00:00Z)"
+    )
     backup_parser = commands.add_parser(
         "backup",
         help="copy TRIAGE_DATABASE_URL to a file while the server runs (SQLite: online backup; PostgreSQL: pg_dump)",
@@ -71,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             return migrate_schema(args)
         if args.command in ("backup", "restore"):
             return copy_database(args)
+        if args.command == "audit":
+            return verify_audit(args)
         if args.command == "serve":
             return serve()
     except (SchemaNotCurrent, BackupError) as error:
@@ -96,6 +109,43 @@ def serve() -> int:
     from server.workers import run
 
     return run(settings)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2026-11-01T00:00Z") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# Problems listed in full up to this many; then only their count.
+_PROBLEMS_SHOWN = 50
+
+
+def verify_audit(args: argparse.Namespace) -> int:
+    """`triage-server audit verify`: the chain checked with the server secret."""
+    settings = Settings()
+    engine = open_database(settings.database_url)
+    try:
+        schema.require_current(engine)
+        verified = chain.verify_database(engine, load_server_secret(settings), args.since)
+    finally:
+        engine.dispose()
+    scope = f"recorded since {args.since.isoformat()}" if args.since else "in the log"
+    print(
+        f"checked {verified.records} audit records {scope}, from {verified.writers} writers"
+        + (f"; {verified.unchained} are from before the chain and cannot be verified" if verified.unchained else "")
+    )
+    if not verified.problems:
+        print("every chained record verifies: none was changed, removed, reordered or inserted")
+        return 0
+    print(f"{len(verified.problems)} problems, oldest first:")
+    for problem in verified.problems[:_PROBLEMS_SHOWN]:
+        print(f"  {problem}")
+    if len(verified.problems) > _PROBLEMS_SHOWN:
+        print(f"  ... and {len(verified.problems) - _PROBLEMS_SHOWN} more")
+    return 1
 
 
 def copy_database(args: argparse.Namespace) -> int:

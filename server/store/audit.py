@@ -4,7 +4,9 @@ Every classification is awaited into the log before its response is sent.
 Records arriving while a transaction is being committed wait and go together
 in the next one, so throughput grows with concurrency while each
 acknowledged record is durable. Database calls run on a dedicated writer
-thread (and reads on the default executor), never on the event loop.
+thread (and reads on the default executor), never on the event loop. The
+writer links each record into this process's hash chain (server/store/chain.py)
+in commit order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,12 +24,16 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, col, select
 
 from server.errors import Unavailable
-from server.store.models import AuditEvent, StoredCase
+from server.ids import new_id
+from server.store import chain
+from server.store.models import AuditEvent, AuditWriter, StoredCase
 
 log = logging.getLogger("triage.audit")
 
 _TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
-COLUMNS: tuple[str, ...] = tuple(column.name for column in _TABLE.columns)
+# What a caller gives for a record; the writer adds the chain's columns.
+COLUMNS = chain.CONTENT_COLUMNS
+_WRITERS = AuditWriter.__table__  # type: ignore[attr-defined]
 _CASES = StoredCase.__table__  # type: ignore[attr-defined]
 CASE_COLUMNS: tuple[str, ...] = tuple(column.name for column in _CASES.columns)
 # SQLAlchemy stores SQLite timestamps as this text; other databases take datetimes.
@@ -49,12 +55,22 @@ class AuditPage:
 class AuditLog:
     """Durable, batched writes of audit records; paged reads."""
 
-    def __init__(self, engine: Engine, *, max_batch_records: int = 512, max_pending_records: int = 10_000) -> None:
+    def __init__(
+        self, engine: Engine, secret: bytes, *, max_batch_records: int = 512, max_pending_records: int = 10_000
+    ) -> None:
         self._engine = engine
         # The hot path writes with one prepared DBAPI executemany per batch:
         # SQLAlchemy Core's per-row bind processing cost more than the commit.
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert = _insert_statement(_TABLE.name, COLUMNS, marker)
+        self._insert = _insert_statement(_TABLE.name, (*COLUMNS, *chain.CHAIN_COLUMNS), marker)
+        self._checkpoint = (
+            _insert_statement(_WRITERS.name, ("writer_id", "last_seq", "last_link", "updated_at"), marker)
+            + " ON CONFLICT (writer_id) DO UPDATE SET last_seq = excluded.last_seq,"
+            " last_link = excluded.last_link, updated_at = excluded.updated_at"
+        )
+        # This process's chain: touched only by the writer thread.
+        self._secret = secret
+        self._start_chain()
         # Stored (encrypted) cases go in the same transaction as their audit records.
         self._insert_case = _insert_statement(_CASES.name, CASE_COLUMNS, marker)
         self._sqlite = engine.dialect.name == "sqlite"
@@ -63,7 +79,7 @@ class AuditLog:
         self._max_batch = max_batch_records
         self._max_pending = max_pending_records
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        self._pending: list[tuple[tuple[Any, ...], tuple[Any, ...] | None, asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[Any, ...], bytes, tuple[Any, ...] | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         # Counters for tests and metrics: transactions committed, records written.
@@ -84,7 +100,8 @@ class AuditLog:
             raise Unavailable("the audit store is overloaded; retry shortly")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         case_values = tuple(case[name] for name in CASE_COLUMNS) if case is not None else None
-        self._pending.append((self._values(row), case_values, future))
+        row = row | {"recorded_at": row["recorded_at"].astimezone(UTC)}
+        self._pending.append((self._values(row), chain.content(row), case_values, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -103,8 +120,8 @@ class AuditLog:
                 await loop.run_in_executor(
                     self._writer,
                     self._write,
-                    [row for row, _, _ in batch],
-                    [case for _, case, _ in batch if case is not None],
+                    [(row, content) for row, content, _, _ in batch],
+                    [case for _, _, case, _ in batch if case is not None],
                 )
             except Exception as error:  # noqa: BLE001 - every waiter must hear of the failure
                 log.error(
@@ -116,7 +133,7 @@ class AuditLog:
                 )
             else:
                 outcome = None
-            for _, _, future in batch:
+            for _, _, _, future in batch:
                 if future.done():
                     continue
                 if outcome is None:
@@ -124,8 +141,20 @@ class AuditLog:
                 else:
                     future.set_exception(outcome)
 
-    def _write(self, rows: list[tuple[Any, ...]], cases: list[tuple[Any, ...]]) -> None:
+    def _start_chain(self) -> None:
+        self._writer_id = new_id()
+        self._seq = 0
+        self._link = chain.genesis(self._secret, self._writer_id)
+
+    def _write(self, records: list[tuple[tuple[Any, ...], bytes]], cases: list[tuple[Any, ...]]) -> None:
         """One transaction for the batch, on the writer thread's connection."""
+        seq, link, rows = self._seq, self._link, []
+        for values, content in records:
+            seq += 1
+            link = chain.link(self._secret, link, self._writer_id, seq, content)
+            rows.append((*values, self._writer_id, seq, link))
+        now = datetime.now(UTC)
+        checkpoint = (self._writer_id, seq, link, now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now)
         if self._connection is None:
             self._connection = self._engine.raw_connection()
         connection = self._connection
@@ -134,8 +163,12 @@ class AuditLog:
             cursor.executemany(self._insert, rows)
             if cases:
                 cursor.executemany(self._insert_case, cases)
+            cursor.execute(self._checkpoint, checkpoint)
             connection.commit()
         except Exception:
+            # Whether the commit took effect is not known (a connection lost in it):
+            # a new chain begins, so that the old one ends where the database says it does.
+            self._start_chain()
             # Roll back what the batch wrote; a broken connection is replaced next time.
             try:
                 connection.rollback()
@@ -145,6 +178,7 @@ class AuditLog:
             raise
         finally:
             cursor.close()
+        self._seq, self._link = seq, link
         self.commits += 1
         self.records_written += len(rows)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -35,6 +35,27 @@ class AuditEvent(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_hit: bool = False
+    # The hash chain (server/store/chain.py): which writer, its number for this record, and the link.
+    # Empty in records written before the chain existed.
+    writer_id: str | None = Field(default=None, max_length=26)
+    writer_seq: int | None = None
+    chain_link: str | None = Field(default=None, max_length=64)
+
+    __table_args__ = (UniqueConstraint("writer_id", "writer_seq", name="uq_audit_events_writer_seq"),)
+
+
+class AuditWriter(SQLModel, table=True):
+    """A writer of the audit chain (a server process) and its last record, updated with each of its commits.
+
+    A record removed from the end of a chain is noticed because the writer's checkpoint names it.
+    """
+
+    __tablename__ = "audit_writers"
+
+    writer_id: str = Field(primary_key=True, max_length=26)
+    last_seq: int
+    last_link: str = Field(max_length=64)
+    updated_at: datetime = Field(sa_type=DateTime(timezone=True))
 
 
 class ApiKeyRecord(SQLModel, table=True):

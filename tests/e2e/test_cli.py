@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from server.app import TriageServer
 from server.calls import Role
+from server.store.database import open_database
 from tests.support import migrated_sqlite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,6 +304,27 @@ async def test_backup_and_restore_commands(tmp_path: Path) -> None:
     assert code == 0
     code, out, _ = await run(TRIAGE_SERVER, "keys", "list", env=restored)
     assert key_id in out
+    code, out, _ = await run(TRIAGE_SERVER, "audit", "verify", env=restored)
+    assert code == 0, out
+    assert "none was changed, removed, reordered or inserted" in out
     code, _, err = await run(TRIAGE_SERVER, "restore", str(tmp_path / "live.backup"), env=restored)
     assert code == 2
     assert "not empty" in err
+
+
+async def test_audit_verify_names_a_changed_record(target: str, server: TriageServer) -> None:
+    code, _, _ = await run(TRIAGE, "--target", target, "classify", "--age", "67", "--complaint", "chest pain")
+    assert code == 0
+    env = {"TRIAGE_DATABASE_URL": server.settings.database_url, "TRIAGE_SECRET_KEY": "test-secret"}
+    code, out, _ = await run(TRIAGE_SERVER, "audit", "verify", env=env)
+    assert code == 0, out
+    assert "checked 1 audit records in the log, from 1 writers" in out
+
+    engine = open_database(server.settings.database_url)
+    with engine.begin() as connection:
+        changed = connection.execute(text("UPDATE audit_events SET esi_level = 5 RETURNING classification_id")).scalar()
+    engine.dispose()
+    code, out, _ = await run(TRIAGE_SERVER, "audit", "verify", env=env)
+    assert code == 1
+    assert f"record {changed} (writer" in out
+    assert "changed or reordered" in out

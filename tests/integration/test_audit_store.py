@@ -17,6 +17,8 @@ from server.store.audit import AuditLog
 from server.store.database import open_database
 from tests.support import migrated_sqlite
 
+SECRET = b"audit-test-secret"
+
 
 def _row(**overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
@@ -51,7 +53,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def audit(database_url: str) -> AsyncIterator[AuditLog]:
     engine = await asyncio.to_thread(open_database, database_url)
-    log = AuditLog(engine, max_batch_records=256)
+    log = AuditLog(engine, SECRET, max_batch_records=256)
     yield log
     await log.close()
     engine.dispose()
@@ -113,7 +115,7 @@ async def test_a_failed_write_fails_every_waiting_caller(audit: AuditLog) -> Non
 
 async def test_overload_is_refused_not_queued_forever(database_url: str) -> None:
     engine = await asyncio.to_thread(open_database, database_url)
-    log = AuditLog(engine, max_batch_records=1, max_pending_records=2)
+    log = AuditLog(engine, SECRET, max_batch_records=1, max_pending_records=2)
     try:
         results = await asyncio.gather(*(log.record(_row()) for _ in range(10)), return_exceptions=True)
     finally:

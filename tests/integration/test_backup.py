@@ -11,8 +11,10 @@ import pytest
 from server.app import TriageServer
 from server.calls import Role
 from server.config import Settings
-from server.store import backup, schema
+from server.secret import load_server_secret
+from server.store import backup, chain, schema
 from server.store.backup import BackupError
+from server.store.database import open_database
 from tests.conftest import issue_test_key
 from tests.support import make_case, migrated_sqlite
 from triage_client import AsyncTriageClient
@@ -85,6 +87,12 @@ async def test_a_backup_taken_under_load_restores_into_a_fresh_server(
         await fresh.stop(grace_seconds=0)
     assert before_backup <= ids
     assert len(ids) == back.audit_records
+    engine = open_database(restored.database_url)
+    try:
+        verified = chain.verify_database(engine, load_server_secret(restored))
+    finally:
+        engine.dispose()
+    assert (verified.records, verified.problems) == (len(ids) + 1, [])
     assert during_backup > 0, "the load should have gone on while the backup ran"
 
 

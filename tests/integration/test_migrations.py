@@ -97,6 +97,7 @@ async def _migrate_in_a_process(url: str) -> str:
 def test_a_database_made_before_migrations_is_adopted_as_the_baseline(empty_url: str, opened: Engine) -> None:
     # Release 0.1 made its tables with create_all; the baseline revision has the same schema.
     schema.upgrade(empty_url)
+    _downgrade_to_baseline(empty_url)
     with opened.begin() as connection:
         connection.execute(text("DROP TABLE alembic_version"))
         connection.execute(text("INSERT INTO config_versions VALUES (1, '{}', :at, 'ops', '')"), {"at": _NOW})
