@@ -22,7 +22,7 @@ from server.pipeline.advice import Narration
 from server.pipeline.pipeline import Pipeline
 from server.runtime_config import RuntimeConfigs
 from server.services.convert import fill_classification
-from server.store.audit import AuditLog
+from server.store.audit import AuditLog, AuditRecord, SealedCase
 from server.validation import validate_case
 from triage.v1 import case_pb2, classification_pb2
 
@@ -159,41 +159,32 @@ class Classifier:
     ) -> None:
         """Writes the audit record; returns once it is durable."""
         serialized = message.SerializeToString(deterministic=True)
-        digest = hmac.new(self._secret, serialized, hashlib.sha256).hexdigest()
         call = current_call()
         principal = call.principal if call is not None else None
         account = principal.account if principal is not None else ""
         sealed = None
         if self._vault is not None:
             nonce, ciphertext = self._vault.seal(classification.classification_id, serialized)
-            sealed = {
-                "classification_id": classification.classification_id,
-                "account": account,
-                "key_fingerprint": self._vault.fingerprint,
-                "nonce": nonce,
-                "ciphertext": ciphertext,
-            }
+            sealed = SealedCase(classification.classification_id, account, self._vault.fingerprint, nonce, ciphertext)
         cost = classification.cost
-        await self._audit.record(
-            {
-                "classification_id": classification.classification_id,
-                "recorded_at": classified_at,
-                "method": method,
-                "esi_level": classification.esi_level,
-                "decided_at": classification.decided_at,
-                "finding_codes": " ".join(f.code for f in classification.findings),
-                "ruleset_version": classification.pipeline.ruleset_version,
-                "input_hmac_sha256": digest,
-                "confidence": classification.confidence,
-                "case_ref": message.case_ref,
-                "key_id": account,
-                "request_id": call.request_id if call is not None else "",
-                "cost_usd_micros": cost.usd_micros,
-                "input_tokens": cost.input_tokens,
-                "output_tokens": cost.output_tokens,
-                "cache_hit": cache_hit,
-            },
-            sealed,
+        record = AuditRecord(
+            classification_id=classification.classification_id,
+            recorded_at=classified_at,
+            method=method,
+            esi_level=classification.esi_level,
+            decided_at=classification.decided_at,
+            finding_codes=" ".join(f.code for f in classification.findings),
+            ruleset_version=classification.pipeline.ruleset_version,
+            input_hmac_sha256=hmac.new(self._secret, serialized, hashlib.sha256).hexdigest(),
+            confidence=classification.confidence,
+            case_ref=message.case_ref,
+            key_id=account,
+            request_id=call.request_id if call is not None else "",
+            cost_usd_micros=cost.usd_micros,
+            input_tokens=cost.input_tokens,
+            output_tokens=cost.output_tokens,
+            cache_hit=cache_hit,
         )
+        await self._audit.record(record, sealed)
         if call is not None:
             call.esi_level = classification.esi_level

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,12 +36,54 @@ COLUMNS = chain.CONTENT_COLUMNS
 _WRITERS = AuditWriter.__table__  # type: ignore[attr-defined]
 _CASES = StoredCase.__table__  # type: ignore[attr-defined]
 CASE_COLUMNS: tuple[str, ...] = tuple(column.name for column in _CASES.columns)
+_RECORDED_AT = COLUMNS.index("recorded_at")
 # SQLAlchemy stores SQLite timestamps as this text; other databases take datetimes.
 _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _insert_statement(table: str, columns: tuple[str, ...], marker: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One classification as the audit log keeps it: codes, level and a keyed hash of the case, never its text."""
+
+    classification_id: str
+    recorded_at: datetime
+    method: str
+    esi_level: int
+    decided_at: int
+    # Space-separated finding codes.
+    finding_codes: str
+    ruleset_version: str
+    input_hmac_sha256: str
+    confidence: float
+    case_ref: str
+    key_id: str
+    request_id: str
+    cost_usd_micros: int
+    input_tokens: int
+    output_tokens: int
+    cache_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SealedCase:
+    """A classified case, encrypted, kept so that Explain can take its classification id later."""
+
+    classification_id: str
+    # Who classified it: only they (or an admin) may have it explained.
+    account: str
+    key_fingerprint: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+# A column added to the table and not to these types fails here, at import, not at the first write.
+for _type, _columns in ((AuditRecord, COLUMNS), (SealedCase, CASE_COLUMNS)):
+    if tuple(field.name for field in fields(_type)) != _columns:
+        raise TypeError(f"{_type.__name__}'s fields are not the columns {_columns}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,30 +128,27 @@ class AuditLog:
         self.commits = 0
         self.records_written = 0
 
-    async def record(self, row: dict[str, Any], case: dict[str, Any] | None = None) -> None:
+    async def record(self, record: AuditRecord, case: SealedCase | None = None) -> None:
         """Returns once the record is committed; raises Unavailable if it could not be.
 
-        `row` has a value for every column of AuditEvent; `case`, if given, one
-        for every column of StoredCase, written in the same transaction. A
-        caller that is cancelled while waiting still gets its record written:
-        it is queued.
+        The case, if given, is written in the same transaction. A caller that
+        is cancelled while waiting still gets its record written: it is queued.
         """
         if self._closed:
             raise Unavailable("the server is shutting down; retry on another replica")
         if len(self._pending) >= self._max_pending:
             raise Unavailable("the audit store is overloaded; retry shortly")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        case_values = tuple(case[name] for name in CASE_COLUMNS) if case is not None else None
-        row = row | {"recorded_at": row["recorded_at"].astimezone(UTC)}
-        self._pending.append((self._values(row), chain.content(row), case_values, future))
+        case_values = tuple(getattr(case, name) for name in CASE_COLUMNS) if case is not None else None
+        values = [getattr(record, name) for name in COLUMNS]
+        recorded_at = values[_RECORDED_AT] = record.recorded_at.astimezone(UTC)
+        content = chain.content(values)
+        if self._sqlite:
+            values[_RECORDED_AT] = recorded_at.strftime(_SQLITE_TIMESTAMP)
+        self._pending.append((tuple(values), content, case_values, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
-
-    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        if self._sqlite:
-            row = row | {"recorded_at": row["recorded_at"].strftime(_SQLITE_TIMESTAMP)}
-        return tuple(row[name] for name in COLUMNS)
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

@@ -36,9 +36,9 @@ CONTENT_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
-def content(row: Mapping[str, Any]) -> bytes:
-    """The record's columns as canonical bytes: the same from what was written and from what is read back."""
-    return json.dumps([_canonical(row[name]) for name in CONTENT_COLUMNS], separators=(",", ":")).encode()
+def content(values: Iterable[Any]) -> bytes:
+    """A record's values, in CONTENT_COLUMNS' order, as canonical bytes: the same written and read back."""
+    return json.dumps([_canonical(value) for value in values], separators=(",", ":")).encode()
 
 
 def _canonical(value: Any) -> Any:
@@ -131,7 +131,7 @@ def _verify_chain(
         # After a gap the link before it is gone, so this record's own link cannot be checked.
         gap = seq > expected_seq + 1
         if not gap and not hmac.compare_digest(
-            stored, link(secret, previous, writer_id, seq, content(event.model_dump()))
+            stored, link(secret, previous, writer_id, seq, content(getattr(event, name) for name in CONTENT_COLUMNS))
         ):
             problems.append(Problem(*where, "its content or place does not match its link: changed or reordered"))
         expected_seq, previous = max(seq, expected_seq), stored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,7 @@ async def written(database_url: str) -> AsyncIterator[Written]:
     async def write(index: int, log: AuditLog) -> None:
         for n in range(RECORDS_PER_WRITER):
             row = _row(recorded_at=start + timedelta(seconds=n), case_ref=f"w{index}-{n}", confidence=0.1 * n)
-            ids[index].append(row["classification_id"])
+            ids[index].append(row.classification_id)
             await log.record(row)
 
     await asyncio.gather(*(write(i, log) for i, log in enumerate(logs)))
@@ -143,7 +144,7 @@ def test_an_inserted_record_is_named(written: Written) -> None:
         ).one()
     forged = [new_id(), new_id()]
     for classification_id, writer_id, writer_seq in ((forged[0], writer, seq + 1), (forged[1], new_id(), 1)):
-        row = _row(classification_id=classification_id) | {
+        row = dataclasses.asdict(_row(classification_id=classification_id)) | {
             "writer_id": writer_id,
             "writer_seq": writer_seq,
             "chain_link": "0" * 64,

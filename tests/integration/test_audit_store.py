@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,33 +14,33 @@ from sqlalchemy import text
 
 from server.errors import Unavailable
 from server.ids import new_id
-from server.store.audit import AuditLog
+from server.store.audit import AuditLog, AuditRecord
 from server.store.database import open_database
 from tests.support import migrated_sqlite
 
 SECRET = b"audit-test-secret"
 
 
-def _row(**overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "classification_id": new_id(),
-        "recorded_at": datetime.now(UTC),
-        "method": "/triage.v1.ClassifyService/Classify",
-        "esi_level": 3,
-        "decided_at": 4,
-        "finding_codes": "resources.count",
-        "ruleset_version": "test",
-        "input_hmac_sha256": "0" * 64,
-        "confidence": 0.8,
-        "case_ref": "",
-        "key_id": "",
-        "request_id": "",
-        "cost_usd_micros": 0,
-        "input_tokens": 0,
-        "output_tokens": 0,
-        "cache_hit": False,
-    }
-    return row | overrides
+def _row(**overrides: Any) -> AuditRecord:
+    row = AuditRecord(
+        classification_id=new_id(),
+        recorded_at=datetime.now(UTC),
+        method="/triage.v1.ClassifyService/Classify",
+        esi_level=3,
+        decided_at=4,
+        finding_codes="resources.count",
+        ruleset_version="test",
+        input_hmac_sha256="0" * 64,
+        confidence=0.8,
+        case_ref="",
+        key_id="",
+        request_id="",
+        cost_usd_micros=0,
+        input_tokens=0,
+        output_tokens=0,
+        cache_hit=False,
+    )
+    return dataclasses.replace(row, **overrides)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -83,7 +84,7 @@ async def test_an_acknowledged_record_is_visible_to_a_new_connection(audit: Audi
     await audit.record(row)
 
     page = await audit.page(start=None, end=None, after_id=None, limit=10)
-    assert [e.classification_id for e in page.events] == [row["classification_id"]]
+    assert [e.classification_id for e in page.events] == [row.classification_id]
     assert await asyncio.to_thread(_count, database_url) == 1
 
 
