@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import gc
 import logging
 import signal
@@ -11,6 +13,7 @@ import signal
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sqlalchemy import Engine
 
 from interceptors.auth import OPEN, AuthInterceptor, Policy
 from interceptors.cost import CostInterceptor
@@ -32,13 +35,14 @@ from server.pipeline.advice import Advisor
 from server.pipeline.pipeline import Pipeline
 from server.rate_limits import RateLimiter
 from server.reflection import enable_reflection
+from server.refresh import Refresher
 from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
 from server.secret import load_server_secret
 from server.services.admin import AdminService
 from server.services.classifier import Classifier
 from server.services.classify import CLASSIFY_METHOD, ClassifyService
 from server.services.explain import EXPLAIN_METHOD, ExplainService
-from server.store import schema
+from server.store import retention, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.database import open_database
@@ -54,6 +58,9 @@ from triage.v1 import (
 )
 
 log = logging.getLogger("triage.server")
+
+# Every server purges what is past its retention at start and then daily (purges may overlap: harmless).
+_PURGE_INTERVAL_SECONDS = 24 * 3600.0
 
 # Reported NOT_SERVING while Redis is away and rate limits are counted per process.
 RATE_LIMIT_STORAGE_HEALTH = "triage.rate_limit_storage"
@@ -119,6 +126,11 @@ class TriageServer:
         )
         self._audit = audit
         resources.push_async_callback(audit.close)
+        purging = Refresher(
+            functools.partial(self._purge, engine), interval_seconds=_PURGE_INTERVAL_SECONDS, what="retention purge"
+        )
+        await purging.start()
+        resources.push_async_callback(purging.stop)
         rules = await asyncio.to_thread(RulesEngine)
         tracer = None
         if settings.otlp_endpoint:
@@ -236,6 +248,11 @@ class TriageServer:
             CostInterceptor(usage),
         ]
         return chain
+
+    async def _purge(self, engine: Engine) -> None:
+        purged = await asyncio.to_thread(retention.purge, engine, self.settings.retention())
+        if any(dataclasses.astuple(purged)):
+            log.info("retention purge", extra={"fields": dataclasses.asdict(purged)})
 
     def _rate_limit_storage_changed(self, degraded: bool) -> None:
         metrics.RATE_LIMIT_STORAGE_DEGRADED.set(1 if degraded else 0)

@@ -14,7 +14,7 @@ from server.config import Settings
 from server.identity.api_keys import issue_key, key_violations
 from server.logs import configure_logging
 from server.secret import load_server_secret
-from server.store import backup, chain, schema
+from server.store import backup, chain, retention, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.backup import BackupError
 from server.store.database import open_database
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--since", type=_timestamp, help="only records at or after this time (ISO 8601, such as 2026-11-01T00:00Z)"
     )
+    commands.add_parser(
+        "purge",
+        help="delete what is past its retention (stored cases, usage detail, audit records); servers do it daily",
+    )
     backup_parser = commands.add_parser(
         "backup",
         help="copy TRIAGE_DATABASE_URL to a file while the server runs (SQLite: online backup; PostgreSQL: pg_dump)",
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return copy_database(args)
         if args.command == "audit":
             return verify_audit(args)
+        if args.command == "purge":
+            return purge_expired()
         if args.command == "serve":
             return serve()
     except (SchemaNotCurrent, BackupError) as error:
@@ -146,6 +152,23 @@ def verify_audit(args: argparse.Namespace) -> int:
     if len(verified.problems) > _PROBLEMS_SHOWN:
         print(f"  ... and {len(verified.problems) - _PROBLEMS_SHOWN} more")
     return 1
+
+
+def purge_expired() -> int:
+    """`triage-server purge`: what the servers' daily purge does, now."""
+    settings = Settings()
+    engine = open_database(settings.database_url)
+    try:
+        schema.require_current(engine)
+        purged = retention.purge(engine, settings.retention())
+    finally:
+        engine.dispose()
+    print(
+        f"deleted {purged.stored_cases} stored cases (older than {settings.stored_case_retention_days} days), "
+        f"{purged.usage_rows} usage rows ({settings.usage_retention_days} days) and "
+        f"{purged.audit_records} audit records ({settings.audit_retention_days} days)"
+    )
+    return 0
 
 
 def copy_database(args: argparse.Namespace) -> int:

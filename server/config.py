@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from server.calls import Role
 from server.case_vault import parse_key
 from server.rate_limits import parse_limits
+from server.store.retention import Retention
 
 
 class ProviderSettings(BaseModel):
@@ -79,6 +80,15 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Records waiting for the audit store before calls are refused with UNAVAILABLE.",
+    )
+    stored_case_retention_days: int = Field(
+        default=30, ge=1, description="Stored (encrypted) cases are deleted this many days after classification."
+    )
+    usage_retention_days: int = Field(
+        default=400, ge=1, description="Usage detail (per key, day, step and backend) is kept this many days."
+    )
+    audit_retention_days: int = Field(
+        default=7 * 365 + 2, ge=1, description="Audit records are kept this many days (7 years by default)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
@@ -207,6 +217,9 @@ class Settings(BaseSettings):
         default = ("openai", self.openai_base_url, self.openai_api_key)
         named = [(name, p.base_url, p.api_key) for name, p in self.openai_providers.items()]
         return {name: (url, key.get_secret_value() if key else "") for name, url, key in (default, *named)}
+
+    def retention(self) -> Retention:
+        return Retention(self.stored_case_retention_days, self.usage_retention_days, self.audit_retention_days)
 
     def role_rate_limits(self) -> dict[Role, str]:
         return {role: getattr(self, f"rate_limit_{role.value}") for role in Role}

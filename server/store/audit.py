@@ -106,7 +106,9 @@ class AuditLog:
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._insert = _insert_statement(_TABLE.name, (*COLUMNS, *chain.CHAIN_COLUMNS), marker)
         self._checkpoint = (
-            _insert_statement(_WRITERS.name, ("writer_id", "last_seq", "last_link", "updated_at"), marker)
+            _insert_statement(
+                _WRITERS.name, ("writer_id", "last_seq", "last_link", "updated_at", "purged_seq", "purged_link"), marker
+            )
             + " ON CONFLICT (writer_id) DO UPDATE SET last_seq = excluded.last_seq,"
             " last_link = excluded.last_link, updated_at = excluded.updated_at"
         )
@@ -193,7 +195,7 @@ class AuditLog:
             link = chain.link(self._secret, link, self._writer_id, seq, content)
             rows.append((*values, self._writer_id, seq, link))
         now = datetime.now(UTC)
-        checkpoint = (self._writer_id, seq, link, now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now)
+        checkpoint = (self._writer_id, seq, link, now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now, 0, "")
         if self._connection is None:
             self._connection = self._engine.raw_connection()
         connection = self._connection

@@ -87,12 +87,14 @@ def verify(
     secret: bytes,
     rows: Iterable[AuditEvent],
     checkpoints: Mapping[str, tuple[int, str]],
-    anchors: Mapping[str, tuple[int, str]] | None = None,
+    anchors: Mapping[str, tuple[int, str]],
+    *,
+    ranged: bool = False,
 ) -> Verified:
     """Checks `rows`, ordered by writer and number, against their links and the writers' checkpoints.
 
-    `anchors` gives, for a range that starts inside a chain, the number and
-    link of each writer's record just before the range.
+    `anchors` gives, where a chain's checked part starts after its first record
+    (a range, or records purged), the number and link of the record before it.
     """
     problems: list[Problem] = []
     records = unchained = 0
@@ -103,10 +105,12 @@ def verify(
             unchained += len(chain)
             continue
         seen.add(writer_id)
-        problems += _verify_chain(secret, writer_id, chain, (anchors or {}).get(writer_id), checkpoints.get(writer_id))
+        problems += _verify_chain(secret, writer_id, chain, anchors.get(writer_id), checkpoints.get(writer_id))
     for writer_id, (last_seq, _) in checkpoints.items():
-        if writer_id not in seen and last_seq > 0 and anchors is None:
-            problems.append(Problem("-", writer_id, last_seq, f"all {last_seq} records of this writer are missing"))
+        start = anchors.get(writer_id, (0, ""))[0]
+        if writer_id not in seen and last_seq > start and not ranged:
+            missing = f"records #{start + 1} to #{last_seq} of this writer are missing"
+            problems.append(Problem("-", writer_id, last_seq, missing))
     return Verified(records, unchained, len(seen), problems)
 
 
@@ -160,14 +164,16 @@ def _by_writer(rows: Iterable[AuditEvent]) -> Iterator[tuple[str | None, list[Au
 def verify_database(engine: Engine, secret: bytes, since: datetime | None = None) -> Verified:
     """Verifies the audit records in the database: all of them, or those recorded at or after `since`."""
     with Session(engine) as session:
-        checkpoints = {w.writer_id: (w.last_seq, w.last_link) for w in session.exec(select(AuditWriter))}
+        writers = session.exec(select(AuditWriter)).all()
+        checkpoints = {w.writer_id: (w.last_seq, w.last_link) for w in writers}
+        # Where retention purged a chain's start, verifying starts from the purged record's link.
+        anchors = {w.writer_id: (w.purged_seq, w.purged_link) for w in writers if w.purged_seq > 0}
         query = select(AuditEvent).order_by(col(AuditEvent.writer_id), col(AuditEvent.writer_seq))
-        anchors = None
         if since is not None:
             query = query.where(col(AuditEvent.recorded_at) >= since)
-            anchors = _anchors(session, since)
+            anchors |= _anchors(session, since)
         rows = session.exec(query.execution_options(yield_per=2_000))
-        verified = verify(secret, rows, checkpoints, anchors)
+        verified = verify(secret, rows, checkpoints, anchors, ranged=since is not None)
     verified.problems.sort(key=lambda problem: (problem.classification_id, problem.writer_seq))
     return verified
 

@@ -56,6 +56,9 @@ class AuditWriter(SQLModel, table=True):
     last_seq: int
     last_link: str = Field(max_length=64)
     updated_at: datetime = Field(sa_type=DateTime(timezone=True))
+    # Retention purged this writer's records up to this number; its link is where verifying starts.
+    purged_seq: int = 0
+    purged_link: str = Field(default="", max_length=64)
 
 
 class ApiKeyRecord(SQLModel, table=True):

@@ -44,6 +44,8 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.Integer(), nullable=False),
         sa.Column("last_link", sa.String(length=64), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("purged_seq", sa.Integer(), nullable=False),
+        sa.Column("purged_link", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("writer_id"),
     )
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
