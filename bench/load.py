@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +20,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from bench.run import find_ghz
 from server.datasets import nhamcs_visits
 
+GHZ_VERSION = "v0.120.0"
 CLASSIFY = "triage.v1.ClassifyService/Classify"
 EXPLAIN = "triage.v1.ExplainService/Explain"
 # ghz names codes as grpc-go does; the tables use the gRPC names.
@@ -37,6 +41,20 @@ _CODE_NAMES = {
     "Unavailable": "UNAVAILABLE",
     "Unauthenticated": "UNAUTHENTICATED",
 }
+
+
+def find_ghz() -> str:
+    """ghz from PATH, or installed next to this Python with `go install`."""
+    found = shutil.which("ghz") or shutil.which("ghz", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    print(f"installing ghz {GHZ_VERSION} with go install ...", file=sys.stderr)
+    subprocess.run(
+        ["go", "install", f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}"],
+        check=True,
+        env=os.environ | {"GOBIN": str(Path(sys.executable).parent)},
+    )
+    return str(Path(sys.executable).parent / "ghz")
 
 
 def mixed_cases(count: int) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from bench import stack
-from bench.run import find_ghz, ghz, start
+from bench.load import find_ghz
+from bench.run import ghz, start
 from tests.fake_llm import answer, start_fake_llm
 from triage.v1 import admin_service_pb2
 from triage.v1.admin_service_pb2 import BackendPrice
@@ -32,7 +33,8 @@ MODEL = "fake:instant"
 async def route_to_model(port: int, key: str) -> None:
     async with AsyncTriageClient(f"127.0.0.1:{port}", api_key=key) as client:
         price = BackendPrice(backend=MODEL, input_usd_micros_per_million_tokens=1)
-        await stack.route_to_model(client, ("high_risk", "resources"), admin_service_pb2.STRATEGY_MOST_URGENT, price=price)
+        steps = ("high_risk", "resources")
+        await stack.route_to_model(client, steps, admin_service_pb2.STRATEGY_MOST_URGENT, price=price)
 
 
 def main() -> int:

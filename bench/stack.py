@@ -29,7 +29,6 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.load import write_cases
-from bench.run import process_tree
 from server.calls import Role
 from server.identity.api_keys import issue_key
 from server.store.api_keys import ApiKeyStore
@@ -81,6 +80,23 @@ def listeners(port: int) -> int:
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     # Column 3 is the state; 0A is LISTEN.
     return sum(1 for line in lines if line.split()[1] == wanted and line.split()[3] == "0A")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the server's workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    return tree
 
 
 def living(pids: list[int]) -> list[int]:
