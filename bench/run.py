@@ -34,7 +34,7 @@ from typing import Any
 from bench import stack
 from bench.load import GHZ_VERSION, Load, find_ghz, write_cases
 from bench.load import figures as load_figures
-from bench.stack import process_tree
+from bench.stack import process_memory_mb, process_tree
 from server.workers import reserved_port
 from triage.v1.admin_service_pb2 import STRATEGY_MOST_URGENT, BackendPrice
 from triage_client import AsyncTriageClient
@@ -133,13 +133,8 @@ def figures(server: str, call: str, report: dict[str, Any]) -> Run:
 
 def memory_mb(pid: int) -> tuple[float, float]:
     """Resident and peak resident memory of a process and its workers, in MB."""
-    rss = peak = 0
-    for member in process_tree(pid):
-        status = Path(f"/proc/{member}/status").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in status if ":" in line)
-        rss += int(fields["VmRSS"].split()[0])
-        peak += int(fields["VmHWM"].split()[0])
-    return rss / 1024, peak / 1024
+    each = [process_memory_mb(member) for member in process_tree(pid)]
+    return sum(rss for rss, _ in each), sum(peak for _, peak in each)
 
 
 @dataclass(frozen=True)

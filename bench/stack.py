@@ -76,10 +76,11 @@ async def accepts(port: int) -> bool:
 
 def listeners(port: int) -> int:
     """Sockets listening on 127.0.0.1:port, one per process bound with SO_REUSEPORT."""
-    wanted = f"0100007F:{port:04X}"
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    # gRPC binds IPv4 addresses as IPv4-mapped IPv6 ones, listed in tcp6.
+    wanted = {f"0100007F:{port:04X}", f"0000000000000000FFFF00000100007F:{port:04X}"}
+    lines = [*Path("/proc/net/tcp").read_text().splitlines()[1:], *Path("/proc/net/tcp6").read_text().splitlines()[1:]]
     # Column 3 is the state; 0A is LISTEN.
-    return sum(1 for line in lines if line.split()[1] == wanted and line.split()[3] == "0A")
+    return sum(1 for line in lines if line.split()[1] in wanted and line.split()[3] == "0A")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -103,13 +104,19 @@ def living(pids: list[int]) -> list[int]:
     return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
 
-def rss_mb(pid: int) -> float:
+def process_memory_mb(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of one process, in MB (0 once it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    rss, peak = (int(fields.get(name, "0 kB").split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
+    return rss, peak
+
+
+def rss_mb(pid: int) -> float:
+    return process_memory_mb(pid)[0]
 
 
 class Child:

@@ -201,8 +201,10 @@ async def kill_a_replica_under_load(
               f"{len(acknowledged)} OK, {len(errors)} failed {errors[:3]}"),
         Check("every typed-client classification is in the audit", found == len(acknowledged),
               f"{found} of {len(acknowledged)} ids found"),
-        Check("every acknowledged classification is in the audit", acked <= audited <= acked + unanswered,
-              f"{acked} acknowledged, {audited} audited, {unanswered} unanswered"),
+        # More may be audited than acknowledged: a call classified just before its replica died,
+        # whose answer was lost (and which the typed client may have retried).
+        Check("every acknowledged classification is in the audit", acked <= audited,
+              f"{acked} acknowledged, {audited} audited, {unanswered} ghz calls unanswered"),
     ]  # fmt: skip
     if restart:
         checks.append(Check("the restarted replica serves again", victim_calls > 0, f"{victim_calls} calls since"))
