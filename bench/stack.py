@@ -341,7 +341,7 @@ def nginx(directory: Path, port: int, upstream_ports: list[int]) -> Child:
     """nginx from a config of its own in `directory`, with grpc_pass to `upstream_ports`."""
     executable = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if executable is None:
-        raise RuntimeError("nginx is not installed (apt-get install nginx-light; .ci/run does)")
+        raise RuntimeError("nginx is not installed (apt-get install nginx; .ci/run does)")
     prefix = directory / "nginx"
     prefix.mkdir(exist_ok=True)
     # A replica that fails is skipped for two seconds, then tried again.

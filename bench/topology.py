@@ -97,10 +97,11 @@ async def running(directory: Path, *, replicas: int = 2, workers: int = 2) -> As
 
 
 def _case(number: int) -> case_pb2.TriageCase:
-    """A different case each time (the age and heart rate vary): no cache serves it."""
+    """A different case for each of 144,000 numbers (age, heart and breathing rates vary): no cache serves it."""
     case = case_pb2.TriageCase(chief_complaint="chest pain radiating to the left arm", case_ref=f"typed-{number}")
     case.age.years = 18 + number % 80
-    case.vitals.heart_rate_bpm = 60 + number % 90
+    case.vitals.heart_rate_bpm = 60 + number // 80 % 90
+    case.vitals.respiratory_rate_per_min = 12 + number // 7_200 % 20
     return case
 
 
