@@ -54,7 +54,8 @@ bench: setup $(GHZ)
 
 # Long runs on real components (bench/stack.py): PostgreSQL (.ci/start-postgres unless TEST_POSTGRES_URL
 # is set), redis-server, nginx. `make test` runs a short version of each (tests/e2e/test_{topology,soak,chaos}.py).
-# TOPOLOGY_BUDGET=1 adds the global-budget check across replicas; SOAK_SECONDS (600) sets the soak's length;
+# TOPOLOGY_SECONDS (30) the load around the kill, TOPOLOGY_BUDGET=1 adds the global-budget check across replicas;
+# SOAK_SECONDS (600) sets the soak's length;
 # CHAOS_FAULT_SECONDS (30) each fault's, CHAOS_FAULTS a subset (kill-worker redis-hang ...).
 SOAK_SECONDS ?= 600
 CHAOS_FAULTS ?=
