@@ -11,7 +11,7 @@ GHZ := $(BIN)/ghz
 # and EVAL_ARGS passes more options (--dataset nhamcs-test --output json --config step.resources=...).
 EVAL_CSV ?=
 
-.PHONY: setup run test lint proto bench eval train lock clean
+.PHONY: setup run test lint proto bench topology soak chaos eval train lock clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,23 @@ proto: setup
 bench: setup $(GHZ)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
 	$(BIN)/python -m bench.learned_overhead
+
+# Long runs on real components (bench/stack.py): PostgreSQL (.ci/start-postgres unless TEST_POSTGRES_URL
+# is set), redis-server, nginx. `make test` runs a short version of each (tests/e2e/test_{topology,soak,chaos}.py).
+# TOPOLOGY_SECONDS (30) the load around the kill, TOPOLOGY_BUDGET=1 adds the global-budget check across replicas;
+# SOAK_SECONDS (600) sets the soak's length;
+# CHAOS_FAULT_SECONDS (30) each fault's, CHAOS_FAULTS a subset (kill-worker redis-hang ...).
+SOAK_SECONDS ?= 600
+CHAOS_FAULTS ?=
+
+topology: setup $(GHZ)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.topology
+
+soak: setup $(GHZ)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
+chaos: setup $(GHZ)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.chaos $(CHAOS_FAULTS)
 
 eval: setup
 	$(BIN)/triage-server evaluate $(if $(EVAL_CSV),--csv $(EVAL_CSV)) $(EVAL_ARGS)

@@ -19,10 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import find_ghz, ghz, start
+from bench import stack
+from bench.load import find_ghz
+from bench.run import ghz, start
 from tests.fake_llm import answer, start_fake_llm
 from triage.v1 import admin_service_pb2
-from triage.v1.admin_service_pb2 import BackendPrice, Config, UpdateConfigRequest
+from triage.v1.admin_service_pb2 import BackendPrice
 from triage_client import AsyncTriageClient
 
 MODEL = "fake:instant"
@@ -30,15 +32,9 @@ MODEL = "fake:instant"
 
 async def route_to_model(port: int, key: str) -> None:
     async with AsyncTriageClient(f"127.0.0.1:{port}", api_key=key) as client:
-        current = (await client.get_config()).config
-        config = Config(prices=[*current.prices, BackendPrice(backend=MODEL, input_usd_micros_per_million_tokens=1)])
-        for step in (config.high_risk, config.resources):
-            step.backend = MODEL
-            step.strategy = admin_service_pb2.STRATEGY_MOST_URGENT
-        mask = ["prices", "high_risk", "resources"]
-        request = UpdateConfigRequest(config=config, expected_version=current.version)
-        request.update_mask.paths.extend(mask)
-        await client.update_config(request)
+        price = BackendPrice(backend=MODEL, input_usd_micros_per_million_tokens=1)
+        steps = ("high_risk", "resources")
+        await stack.route_to_model(client, steps, admin_service_pb2.STRATEGY_MOST_URGENT, price=price)
 
 
 def main() -> int:

@@ -141,10 +141,16 @@ def _events(request: dict[str, Any], reply: Reply) -> Iterator[str]:
     yield "[DONE]"
 
 
-def start_fake_llm() -> tuple[FakeLLM, ThreadingHTTPServer]:
+class _Server(ThreadingHTTPServer):
+    # Thousands of callers at once (bench/fake_model.py) must queue, not be refused.
+    request_queue_size = 4096
+    daemon_threads = True
+
+
+def start_fake_llm(port: int = 0) -> tuple[FakeLLM, ThreadingHTTPServer]:
+    """Serves on 127.0.0.1:port (0: a free one) from a thread; a fixed port survives a restart."""
     fake = FakeLLM()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", port), _handler(fake))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     return fake, server

@@ -1,0 +1,25 @@
+"""Two faults of `make chaos`, short (bench/chaos.py runs them all)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import chaos
+from tests.e2e.tools import require
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(150)
+async def test_a_hung_redis_and_a_dead_model_lose_no_acknowledged_call_and_the_service_recovers(
+    tmp_path: Path,
+) -> None:
+    require("ghz", "redis-server", postgres=True)
+
+    outcomes = await chaos.run(tmp_path, ["redis-hang", "model-down"], seconds=6)
+
+    assert [o.fault for o in outcomes] == ["redis-hang", "model-down"]
+    for outcome in outcomes:
+        assert outcome.load.calls > 0
+        assert outcome.failures == [], chaos.report(outcomes, 6)
