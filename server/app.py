@@ -17,6 +17,7 @@ from interceptors.cost import CostInterceptor
 from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorInterceptor
 from interceptors.observability import ObservabilityInterceptor
+from interceptors.overload import OverloadInterceptor
 from interceptors.rate_limit import RateLimitInterceptor
 from server import metrics
 from server.backends.registry import BackendRegistry, Provider
@@ -86,6 +87,27 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's limits, set so that every call reaches our code and gets an answer.
+
+    The aio server takes calls from gRPC core one at a time through the event
+    loop; calls core holds meanwhile are, past max_pending_requests (default
+    1,000), cancelled at random and past the hard limit all of them: CANCELLED,
+    with nothing logged (issue 10). With both well above max_in_flight_calls,
+    core keeps every call until the overload interceptor answers it. Streams
+    per connection are capped above the limit too (so that a call past it on
+    the same connection is refused, not queued by the caller's HTTP/2 layer),
+    but below the pending limit, so that one connection cannot reach it alone.
+    """
+    limit = settings.max_in_flight_calls
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", 2 * limit),
+        ("grpc.server.max_pending_requests", 2 * limit),
+        ("grpc.server.max_pending_requests_hard_limit", 4 * limit),
+    ]
 
 
 class TriageServer:
@@ -164,7 +186,7 @@ class TriageServer:
 
         server = aio.server(
             interceptors=self._interceptors(api_keys, limiter, configs, usage),
-            options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+            options=server_options(settings),
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
@@ -219,6 +241,8 @@ class TriageServer:
             ObservabilityInterceptor(),
             # Inside observability, so that the access log sees the status it chose.
             ErrorInterceptor(),
+            # Before any work: a call refused for overload costs as little as possible.
+            OverloadInterceptor(settings.max_in_flight_calls, settings.overload_retry_after_seconds),
             AuthInterceptor(ACCESS_POLICY, api_keys, oidc, anonymous_demo=settings.anonymous_demo),
             DeadlineInterceptor(
                 {
