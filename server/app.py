@@ -64,6 +64,8 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
+# What cannot answer while audit records cannot be committed: the server ("") and the services that audit.
+AUDITED_HEALTH_NAMES = ("", *SERVICE_NAMES[:2])
 
 _EVERY_ROLE = frozenset(Role)
 # Who may call what, by service; anything not listed is refused.
@@ -135,6 +137,8 @@ class TriageServer:
             engine,
             max_batch_records=settings.audit_max_batch_records,
             max_pending_records=settings.audit_max_pending_records,
+            probe_seconds=settings.audit_probe_seconds,
+            on_available=self._audit_store_changed,
         )
         self._audit = audit
         resources.push_async_callback(audit.close)
@@ -257,6 +261,15 @@ class TriageServer:
             CostInterceptor(usage),
         ]
         return chain
+
+    def _audit_store_changed(self, available: bool) -> None:
+        """Classify and Explain (and the server as a whole) serve only while their audit records can be written."""
+        metrics.AUDIT_STORE_UNAVAILABLE.set(0 if available else 1)
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in AUDITED_HEALTH_NAMES:
+            task = asyncio.create_task(self.health.set(name, status))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _rate_limit_storage_changed(self, degraded: bool) -> None:
         metrics.RATE_LIMIT_STORAGE_DEGRADED.set(1 if degraded else 0)

@@ -129,6 +129,9 @@ async def test_a_failed_write_fails_every_waiting_caller(audit: AuditLog) -> Non
     assert all(isinstance(r, Unavailable) for r in results)
     page = await audit.page(start=None, end=None, after_id=None, limit=10)
     assert len(page.events) == 1
+    # A bad record is no fault of the store: it stays available (and the server SERVING).
+    assert audit.available
+    await audit.record(_row())
 
 
 async def test_overload_is_refused_not_queued_forever(database_url: str) -> None:

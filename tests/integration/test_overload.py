@@ -7,9 +7,8 @@ import logging
 import sqlite3
 from datetime import timedelta
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
 from server.app import TriageServer
@@ -38,7 +37,7 @@ async def test_past_the_in_flight_limit_a_call_is_refused_at_once_with_retry_inf
     try:
         key = await issue_test_key(server, Role.CLINICIAN)
         target = f"127.0.0.1:{server.port}"
-        async with AsyncTriageClient(target, api_key=key) as client, grpc.aio.insecure_channel(target) as channel:
+        async with AsyncTriageClient(target, api_key=key) as client:
             await client.classify(make_case("cough", "30y"))
             # Hold the database's write lock: the next five calls stay in flight, waiting to audit.
             lock = sqlite3.connect(database, isolation_level=None)
@@ -52,12 +51,11 @@ async def test_past_the_in_flight_limit_a_call_is_refused_at_once_with_retry_inf
                 with pytest.raises(Unavailable) as refused:
                     await client.classify(make_case("headache", "40y"))
                 # Health checks still answer: the process is busy, not dead.
-                health = health_pb2_grpc.HealthStub(channel)
-                status = await health.Check(health_pb2.HealthCheckRequest(service=""))  # type: ignore[attr-defined]
+                status = await client.health()
 
             assert refused.value.retry_delay == timedelta(seconds=1.5)
             assert "in flight" in str(refused.value)
-            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert status == health_pb2.HealthCheckResponse.SERVING
             # The client retried UNAVAILABLE (4 attempts): each refusal counted, one warning logged.
             assert _refused_count() - refused_before == 4
             warnings = [r for r in caplog.records if r.getMessage() == "overloaded: refusing calls"]
