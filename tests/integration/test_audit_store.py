@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from server.errors import Unavailable
 from server.ids import new_id
 from server.store.audit import AuditLog
 from server.store.database import open_database
+from tests.support import eventually
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 
@@ -183,3 +185,36 @@ async def test_the_server_audits_to_postgresql(postgres_url: str, settings: Any)
 
     assert [e.classification_id for e in events] == [classification.classification_id]
     assert events[0].esi_level == classification.esi_level == 1
+
+
+async def test_a_locked_store_is_unavailable_until_a_probe_finds_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    engine = await asyncio.to_thread(open_database, f"sqlite:///{path}")
+    changes: list[bool] = []
+    log = AuditLog(engine, probe_seconds=0.1, on_available=changes.append)
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        await log.record(_row())
+        # Another process holds the write lock past the busy timeout: nothing can be committed.
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(Unavailable):
+            await log.record(_row())
+        assert changes == [False]
+        assert not log.available
+        with pytest.raises(Unavailable):
+            await log.record(_row())  # refused without queueing
+
+        lock.execute("ROLLBACK")
+
+        async def available() -> bool:
+            return log.available
+
+        await eventually(available, within_seconds=10)
+        await log.record(_row())
+    finally:
+        lock.close()
+        await log.close()
+        engine.dispose()
+
+    assert changes == [False, True]
+    assert await asyncio.to_thread(_count, f"sqlite:///{path}") == 2
