@@ -63,7 +63,11 @@ def worker_count(settings: Settings) -> int:
 def lock_path(port: int) -> Path:
     """The lock file every process serving `port` holds (shared)."""
     directory = Path(tempfile.gettempdir()) / "triage-server-ports"
-    directory.mkdir(exist_ok=True)
+    try:
+        directory.mkdir()
+        directory.chmod(0o1777)  # shared by every user's servers, as /tmp is
+    except FileExistsError:
+        pass
     return directory / f"{port}.lock"
 
 
@@ -161,18 +165,17 @@ def _supervise(settings: Settings) -> int:
             worker.start()
             return worker
 
-        workers = [start(slot, restart=False) for slot in range(count)]
-        log.info("workers started", extra={"fields": {"workers": count, "port": port}})
-        codes = _watch(workers, start, settings.worker_restart_max_backoff_seconds)
+        codes = _watch(count, port, start, settings.worker_restart_max_backoff_seconds)
     log.info("workers stopped", extra={"fields": {"exit_codes": codes}})
     return 0 if all(code == 0 for code in codes) else 1
 
 
 def _watch(
-    workers: list[BaseProcess], start: Callable[[int, bool], BaseProcess], max_backoff_seconds: float
+    count: int, port: int, start: Callable[[int, bool], BaseProcess], max_backoff_seconds: float
 ) -> list[int | None]:
-    """Restarts workers that die until SIGTERM or SIGINT, then waits for all; their exit codes."""
+    """Starts the workers, restarts those that die until SIGTERM or SIGINT, then waits for all; their exit codes."""
     stopping = False
+    workers: list[BaseProcess] = []
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -183,6 +186,10 @@ def _watch(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    workers.extend(start(slot, False) for slot in range(count))
+    if stopping:  # a signal while they were being started reached only some
+        stop(signal.SIGTERM, None)
+    log.info("workers started", extra={"fields": {"workers": count, "port": port}})
     started = [time.monotonic()] * len(workers)
     quick_deaths = [0] * len(workers)
     restart_at: list[float | None] = [None] * len(workers)
