@@ -20,6 +20,7 @@ from interceptors.cost import CostInterceptor
 from interceptors.deadline import DeadlineInterceptor
 from interceptors.errors import ErrorInterceptor
 from interceptors.observability import ObservabilityInterceptor
+from interceptors.overload import OverloadInterceptor
 from interceptors.rate_limit import RateLimitInterceptor
 from server import metrics
 from server.backends.registry import BackendRegistry, Provider
@@ -71,6 +72,8 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
+# What cannot answer while audit records cannot be committed: the server ("") and the services that audit.
+AUDITED_HEALTH_NAMES = ("", *SERVICE_NAMES[:2])
 
 _EVERY_ROLE = frozenset(Role)
 # Who may call what, by service; anything not listed is refused.
@@ -94,6 +97,27 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's limits, set so that every call reaches our code and gets an answer.
+
+    The aio server takes calls from gRPC core one at a time through the event
+    loop; calls core holds meanwhile are, past max_pending_requests (default
+    1,000), cancelled at random and past the hard limit all of them: CANCELLED,
+    with nothing logged (issue 10). With both well above max_in_flight_calls,
+    core keeps every call until the overload interceptor answers it. Streams
+    per connection are capped above the limit too (so that a call past it on
+    the same connection is refused, not queued by the caller's HTTP/2 layer),
+    but below the pending limit, so that one connection cannot reach it alone.
+    """
+    limit = settings.max_in_flight_calls
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", 2 * limit),
+        ("grpc.server.max_pending_requests", 2 * limit),
+        ("grpc.server.max_pending_requests_hard_limit", 4 * limit),
+    ]
 
 
 class TriageServer:
@@ -123,6 +147,8 @@ class TriageServer:
             secret,
             max_batch_records=settings.audit_max_batch_records,
             max_pending_records=settings.audit_max_pending_records,
+            probe_seconds=settings.audit_probe_seconds,
+            on_available=self._audit_store_changed,
         )
         self._audit = audit
         resources.push_async_callback(audit.close)
@@ -179,7 +205,7 @@ class TriageServer:
 
         server = aio.server(
             interceptors=self._interceptors(api_keys, limiter, configs, usage),
-            options=[("grpc.max_receive_message_length", settings.max_message_bytes)],
+            options=server_options(settings),
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
         explain_service_pb2_grpc.add_ExplainServiceServicer_to_server(ExplainService(classifier), server)
@@ -234,6 +260,8 @@ class TriageServer:
             ObservabilityInterceptor(),
             # Inside observability, so that the access log sees the status it chose.
             ErrorInterceptor(),
+            # Before any work: a call refused for overload costs as little as possible.
+            OverloadInterceptor(settings.max_in_flight_calls, settings.overload_retry_after_seconds),
             AuthInterceptor(ACCESS_POLICY, api_keys, oidc, anonymous_demo=settings.anonymous_demo),
             DeadlineInterceptor(
                 {
@@ -253,6 +281,15 @@ class TriageServer:
         purged = await asyncio.to_thread(retention.purge, engine, self.settings.retention())
         if any(dataclasses.astuple(purged)):
             log.info("retention purge", extra={"fields": dataclasses.asdict(purged)})
+
+    def _audit_store_changed(self, available: bool) -> None:
+        """Classify and Explain (and the server as a whole) serve only while their audit records can be written."""
+        metrics.AUDIT_STORE_UNAVAILABLE.set(0 if available else 1)
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in AUDITED_HEALTH_NAMES:
+            task = asyncio.create_task(self.health.set(name, status))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _rate_limit_storage_changed(self, degraded: bool) -> None:
         metrics.RATE_LIMIT_STORAGE_DEGRADED.set(1 if degraded else 0)

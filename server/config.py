@@ -188,6 +188,29 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=1024, description="Requests larger than this are refused before they are parsed."
     )
 
+    # Overload and supervision
+    max_in_flight_calls: int = Field(
+        default=5_000,
+        ge=1,
+        description="Calls one process works on at once; past it, calls are refused at once with UNAVAILABLE "
+        "and RetryInfo (retryable) instead of queueing. Health checks are never refused.",
+    )
+    overload_retry_after_seconds: float = Field(
+        default=1.0, gt=0, description="The retry delay (RetryInfo) sent with a call refused for overload."
+    )
+    worker_restart_max_backoff_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker that dies is started again after a delay doubling from 0.5 s up to this; "
+        "the delay resets once a worker has served for a minute.",
+    )
+    audit_probe_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="While audit records cannot be committed (Classify and Explain NOT_SERVING), how often "
+        "the audit store is probed to find it back.",
+    )
+
     @field_validator("encryption_key")
     @classmethod
     def _key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -73,3 +73,17 @@ DEPENDENCY_CIRCUIT_OPEN = Gauge(
 DEPENDENCY_CIRCUIT_OPENED = Counter(
     "triage_dependency_circuit_opened_total", "Times a dependency's circuit opened, by dependency.", ["dependency"]
 )
+
+OVERLOAD_REFUSED = Counter(
+    "triage_overload_refused_total",
+    "Calls refused with UNAVAILABLE because the process had max_in_flight_calls in flight, by method.",
+    ["method"],
+)
+WORKER_RESTARTS = Counter(
+    "triage_worker_restarts_total", "Worker processes that died unexpectedly and were started again."
+)
+AUDIT_STORE_UNAVAILABLE = Gauge(
+    "triage_audit_store_unavailable",
+    "1 while audit records cannot be committed (Classify and Explain report NOT_SERVING).",
+    multiprocess_mode="livemax",
+)

@@ -7,19 +7,25 @@ acknowledged record is durable. Database calls run on a dedicated writer
 thread (and reads on the default executor), never on the event loop. The
 writer links each record into this process's hash chain (server/store/chain.py)
 in commit order.
+
+When a batch fails because the store cannot be reached or written (not for
+a bad record), the log reports itself unavailable: records are refused at
+once, and a probe on the writer's connection finds the store back, after
+which the log reports itself available. The server turns these reports into
+gRPC health.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, exc
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, col, select
 
@@ -43,6 +49,9 @@ _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 def _insert_statement(table: str, columns: tuple[str, ...], marker: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
+
+
+_UNAVAILABLE = "the audit store is unavailable, so the classification was not recorded; retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,14 @@ class AuditLog:
     """Durable, batched writes of audit records; paged reads."""
 
     def __init__(
-        self, engine: Engine, secret: bytes, *, max_batch_records: int = 512, max_pending_records: int = 10_000
+        self,
+        engine: Engine,
+        secret: bytes,
+        *,
+        max_batch_records: int = 512,
+        max_pending_records: int = 10_000,
+        probe_seconds: float = 1.0,
+        on_available: Callable[[bool], None] | None = None,
     ) -> None:
         self._engine = engine
         # The hot path writes with one prepared DBAPI executemany per batch:
@@ -118,6 +134,17 @@ class AuditLog:
         # Stored (encrypted) cases go in the same transaction as their audit records.
         self._insert_case = _insert_statement(_CASES.name, CASE_COLUMNS, marker)
         self._sqlite = engine.dialect.name == "sqlite"
+        # SQLite: taking the write lock shows that a commit could happen; PostgreSQL: a round trip.
+        self._probe_statement = "BEGIN IMMEDIATE" if self._sqlite else "SELECT 1"
+        dbapi = engine.dialect.dbapi
+        # The store's faults (unreachable, locked, read-only), as opposed to a bad record's.
+        self._store_faults: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError)
+        if dbapi is not None:
+            self._store_faults += (dbapi.OperationalError, dbapi.InterfaceError)
+        self.available = True
+        self._on_available = on_available
+        self._probe_seconds = probe_seconds
+        self._prober: asyncio.Task[None] | None = None
         # The writer thread's own connection, taken from the pool on first use.
         self._connection: PoolProxiedConnection | None = None
         self._max_batch = max_batch_records
@@ -138,6 +165,8 @@ class AuditLog:
         """
         if self._closed:
             raise Unavailable("the server is shutting down; retry on another replica")
+        if not self.available:
+            raise Unavailable(_UNAVAILABLE)
         if len(self._pending) >= self._max_pending:
             raise Unavailable("the audit store is overloaded; retry shortly")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -169,11 +198,12 @@ class AuditLog:
                     "audit write failed",
                     extra={"fields": {"error_type": type(error).__name__, "records": len(batch)}},
                 )
-                outcome: BaseException | None = Unavailable(
-                    "the audit store is unavailable, so the classification was not recorded; retry"
-                )
+                outcome: BaseException | None = Unavailable(_UNAVAILABLE)
+                if isinstance(error, self._store_faults):
+                    self._became_unavailable()
             else:
                 outcome = None
+                self._set_available(True)
             for _, _, _, future in batch:
                 if future.done():
                     continue
@@ -181,6 +211,59 @@ class AuditLog:
                     future.set_result(None)
                 else:
                     future.set_exception(outcome)
+
+    def _became_unavailable(self) -> None:
+        if self.available:
+            self._set_available(False)
+            self._prober = asyncio.create_task(self._probe_until_available())
+
+    def _set_available(self, available: bool) -> None:
+        if available == self.available:
+            return
+        self.available = available
+        if available:
+            log.warning("audit store available again")
+        else:
+            log.error(
+                "audit store unavailable: refusing records", extra={"fields": {"probe_seconds": self._probe_seconds}}
+            )
+        if self._on_available is not None:
+            self._on_available(available)
+
+    async def _probe_until_available(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.available and not self._closed:
+            await asyncio.sleep(self._probe_seconds)
+            try:
+                await loop.run_in_executor(self._writer, self._probe)
+            except Exception:  # noqa: BLE001 - still unavailable: probe again later
+                continue
+            self._set_available(True)
+
+    def _probe(self) -> None:
+        """One transaction that writes nothing, on the writer thread's connection."""
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        connection = self._connection
+        cursor = connection.cursor()
+        try:
+            cursor.execute(self._probe_statement)
+        except Exception:
+            self._drop_connection()
+            raise
+        finally:
+            cursor.close()
+        connection.rollback()
+
+    def _drop_connection(self) -> None:
+        """Rolls back; a connection that cannot even do that is unusable and replaced next time."""
+        if self._connection is None:
+            return
+        try:
+            self._connection.rollback()
+        except Exception:  # noqa: BLE001 - the connection is unusable; drop it
+            self._connection.invalidate()
+            self._connection = None
 
     def _start_chain(self) -> None:
         self._writer_id = new_id()
@@ -211,11 +294,7 @@ class AuditLog:
             # a new chain begins, so that the old one ends where the database says it does.
             self._start_chain()
             # Roll back what the batch wrote; a broken connection is replaced next time.
-            try:
-                connection.rollback()
-            except Exception:  # noqa: BLE001 - the connection is unusable; drop it
-                connection.invalidate()
-                self._connection = None
+            self._drop_connection()
             raise
         finally:
             cursor.close()
@@ -256,6 +335,8 @@ class AuditLog:
     async def close(self) -> None:
         """Writes what is pending, then stops the writer thread."""
         self._closed = True
+        if self._prober is not None:
+            self._prober.cancel()
         while self._flusher is not None and not self._flusher.done():
             await self._flusher
         if self._connection is not None:

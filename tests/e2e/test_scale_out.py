@@ -55,16 +55,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _classify_count(port: int) -> float:
+def _metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels, as the metrics endpoint on `port` serves it."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "triage_requests_total" and sample.labels.get("code") == "OK"
-        and sample.labels.get("method") == "/triage.v1.ClassifyService/Classify"
-    )  # fmt: skip
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 async def test_metrics_add_up_over_all_worker_processes(tmp_path: Path) -> None:
@@ -78,7 +78,9 @@ async def test_metrics_add_up_over_all_worker_processes(tmp_path: Path) -> None:
             async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
                 for _ in range(3):
                     await client.classify(CASE)
-        served = await asyncio.to_thread(_classify_count, metrics_port)
+        served = await asyncio.to_thread(
+            _metric, metrics_port, "triage_requests_total", code="OK", method="/triage.v1.ClassifyService/Classify"
+        )
     finally:
         await _stop(server)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from server.errors import Unavailable
 from server.ids import new_id
 from server.store.audit import AuditLog, AuditRecord
 from server.store.database import open_database
-from tests.support import migrated_sqlite
+from tests.support import eventually, migrated_sqlite
 
 SECRET = b"audit-test-secret"
 
@@ -112,6 +113,9 @@ async def test_a_failed_write_fails_every_waiting_caller(audit: AuditLog) -> Non
     assert all(isinstance(r, Unavailable) for r in results)
     page = await audit.page(start=None, end=None, after_id=None, limit=10)
     assert len(page.events) == 1
+    # A bad record is no fault of the store: it stays available (and the server SERVING).
+    assert audit.available
+    await audit.record(_row())
 
 
 async def test_overload_is_refused_not_queued_forever(database_url: str) -> None:
@@ -163,3 +167,36 @@ async def test_the_server_audits_to_postgresql(postgres_url: str, settings: Any)
 
     assert [e.classification_id for e in events] == [classification.classification_id]
     assert events[0].esi_level == classification.esi_level == 1
+
+
+async def test_a_locked_store_is_unavailable_until_a_probe_finds_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    engine = await asyncio.to_thread(open_database, migrated_sqlite(path))
+    changes: list[bool] = []
+    log = AuditLog(engine, SECRET, probe_seconds=0.1, on_available=changes.append)
+    lock = sqlite3.connect(path, isolation_level=None)
+    try:
+        await log.record(_row())
+        # Another process holds the write lock past the busy timeout: nothing can be committed.
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(Unavailable):
+            await log.record(_row())
+        assert changes == [False]
+        assert not log.available
+        with pytest.raises(Unavailable):
+            await log.record(_row())  # refused without queueing
+
+        lock.execute("ROLLBACK")
+
+        async def available() -> bool:
+            return log.available
+
+        await eventually(available, within_seconds=10)
+        await log.record(_row())
+    finally:
+        lock.close()
+        await log.close()
+        engine.dispose()
+
+    assert changes == [False, True]
+    assert await asyncio.to_thread(_count, f"sqlite:///{path}") == 2
