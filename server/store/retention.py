@@ -46,20 +46,31 @@ class Purged:
 
 
 def purge(engine: Engine, retention: Retention, now: datetime | None = None) -> Purged:
-    """Deletes what is older than its retention, in one transaction."""
+    """Deletes what is older than its retention."""
     now = now or datetime.now(UTC)
+    # Patient content first, in its own transaction: a runtime role that may not delete
+    # audit records (docs/data.md) still purges stored cases and usage detail.
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
-            # The append-only trigger lets retention, and nothing else, delete audit records.
-            connection.execute(text("SET LOCAL triage.audit_purge = 'on'"))
+        _take_turns(connection)
         # Classification ids sort by time: the cases of classifications older than the cutoff.
         case_cutoff = new_id(int((now - timedelta(days=retention.stored_case_days)).timestamp() * 1000))[:10]
         cases = connection.execute(delete(_CASES).where(_CASES.c.classification_id < case_cutoff)).rowcount
         usage_cutoff = (now - timedelta(days=retention.usage_days)).date()
         usage = connection.execute(delete(_USAGE).where(_USAGE.c.day < usage_cutoff)).rowcount
+    with engine.begin() as connection:
+        if _take_turns(connection):
+            # The append-only trigger lets retention, and nothing else, delete audit records.
+            connection.execute(text("SET LOCAL triage.audit_purge = 'on'"))
         audit = _purge_audit(connection, now - timedelta(days=retention.audit_days))
     return Purged(stored_cases=cases, usage_rows=usage, audit_records=audit)
+
+
+def _take_turns(connection: Connection) -> bool:
+    """On PostgreSQL, waits for any other purge's transaction; whether it is PostgreSQL."""
+    if connection.dialect.name != "postgresql":
+        return False
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+    return True
 
 
 def _purge_audit(connection: Connection, cutoff: datetime) -> int:
