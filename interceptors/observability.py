@@ -116,6 +116,7 @@ def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCo
     if isinstance(error, aio.AbortError):
         code = context.code()
         return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-    if isinstance(error, asyncio.CancelledError):
+    # A caller that went away: writing to its stream fails with grpc's own error, not CancelledError.
+    if isinstance(error, asyncio.CancelledError) or context.cancelled():
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN

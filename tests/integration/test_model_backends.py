@@ -17,7 +17,7 @@ from server.config import ProviderSettings, Settings
 from tests.circuits import circuit_lines
 from tests.conftest import KeysFor
 from tests.fake_llm import FakeLLM, Reply, answer
-from tests.support import make_case
+from tests.support import eventually, make_case
 from triage.v1 import admin_service_pb2, classification_pb2
 from triage.v1.admin_service_pb2 import BackendPrice, Config, StepPolicy, UpdateConfigRequest
 from triage_client import AsyncTriageClient, InvalidArgument
@@ -260,6 +260,27 @@ async def test_explain_streams_the_model_narrative_before_the_classification(
     assert classification.cost.usd_micros == 200 + 48
     [request] = fake_llm.asked("narrative")
     assert "ESI 2" in request["messages"][1]["content"]
+
+
+async def test_an_explain_whose_caller_goes_away_is_logged_as_cancelled(
+    client: AsyncTriageClient, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="triage.access")
+    await route(client, "narrative", admin_service_pb2.STRATEGY_MODEL)
+    fake_llm.plan("narrative", Reply(chunks=("one ", "two ", "three"), chunk_delay_seconds=0.5))
+
+    async for _ in client.explain(CHEST_PAIN):
+        break  # the caller reads the first step and goes away
+
+    def explain_codes() -> list[object]:
+        lines = [r.fields for r in caplog.records if r.name == "triage.access"]  # type: ignore[attr-defined]
+        return [line["code"] for line in lines if line["method"].endswith("/Explain")]
+
+    async def logged() -> bool:
+        return bool(explain_codes())
+
+    await eventually(logged, within_seconds=10)
+    assert explain_codes() == ["CANCELLED"]
 
 
 async def test_without_a_narrative_backend_explain_has_no_narrative(client: AsyncTriageClient) -> None:
