@@ -9,8 +9,12 @@ Then, at scale (issue 10): Explain at 5,000 calls in flight, and Classify with
 B routed to a model server that answers after 1 s (bench/fake_model.py) at
 1,000 and 5,000 in flight, with status counts and p50. Results are saved
 under bench/results/.
-Targets (issue 2): Classify >= 60 % of echo req/s at concurrency 50, p99 under
-25 ms, server memory under 200 MB after 50,000 calls.
+Targets (issue 10): Classify, rules only, at concurrency 50 at least 2,000
+calls/s per process and at least 30 % of echo; one caller at a time p50 at
+most 1.0 ms; at 5,000 in flight no errors on Explain or on Classify routed to
+the 1 s model (callers wait as long as that takes: a 60 s deadline); at 1,000
+in flight the model path adds at most 5 ms at p50 over the model's own second;
+server memory under 200 MB.
 """
 
 from __future__ import annotations
@@ -41,9 +45,13 @@ from triage_client import AsyncTriageClient
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-TARGET_RATIO = 0.60
-TARGET_P99_MS = 25.0
+TARGET_RATIO = 0.30
+TARGET_CALLS_PER_SECOND = 2_000
+TARGET_ONE_CALLER_P50_MS = 1.0
+TARGET_MODEL_OVERHEAD_P50_MS = 5.0
 TARGET_RSS_MB = 200.0
+# The scale runs' callers wait this long: 5,000 calls in flight take seconds to drain through one process.
+SCALE_TIMEOUT = "60s"
 # The triage server's own interceptors (server/app.py), mirrored by the noop echo server.
 CHAIN_LENGTH = 6
 SERVERS = ("echo", "noop", "triage")
@@ -99,11 +107,13 @@ def ghz(
     *,
     connections: int | None = None,
     data_file: Path | None = None,
+    timeout: str | None = None,
 ) -> dict[str, Any]:
     """One ghz run of a config in bench/, its data replaced by `data_file`'s if given; ghz's JSON report."""
     # ghz refuses more connections (the config's) than concurrent calls.
     connections = min(connections or int(json.loads((HERE / config).read_text()).get("connections", 1)), concurrency)
     data = ["--data-file", str(data_file)] if data_file else []
+    data += ["--timeout", timeout] if timeout else []
     completed = subprocess.run(
         [binary, "--config", str(HERE / config), "--total", str(total), "--concurrency", str(concurrency),
          "--connections", str(connections), "--metadata", metadata, "--format", "json", *data,
@@ -149,11 +159,13 @@ def at_scale(binary: str, port: int, metadata: str, admin_key: str, total: int) 
     connections = SCALE_IN_FLIGHT // 5
     runs = [
         Scale("Explain", SCALE_IN_FLIGHT, load_figures(
-            ghz(binary, "explain.json", port, total, SCALE_IN_FLIGHT, metadata, connections=connections))),
+            ghz(binary, "explain.json", port, total, SCALE_IN_FLIGHT, metadata, connections=connections,
+                timeout=SCALE_TIMEOUT))),
     ]  # fmt: skip
     asyncio.run(_route_b_to_model(port, admin_key))
     for in_flight in (1_000, SCALE_IN_FLIGHT):
-        report = ghz(binary, "classify.json", port, total, in_flight, metadata, connections=in_flight // 5)
+        report = ghz(binary, "classify.json", port, total, in_flight, metadata, connections=in_flight // 5,
+                     timeout=SCALE_TIMEOUT)  # fmt: skip
         runs.append(Scale(f"Classify, B by a {MODEL_SECONDS:g} s model", in_flight, load_figures(report)))
     return runs
 
@@ -292,11 +304,17 @@ def main() -> int:
               f"{load.codes_text()}")  # fmt: skip
 
     classify = by_key[("triage", "Classify")]
+    model_at_1000 = next(row.load for row in scale if row.in_flight == 1_000)
     targets = {
+        f"Classify >= {TARGET_CALLS_PER_SECOND:,} calls/s": classify.requests_per_second >= TARGET_CALLS_PER_SECOND,
         f"Classify >= {TARGET_RATIO:.0%} of echo req/s": ratios["Classify"] >= TARGET_RATIO,
-        f"Classify p99 < {TARGET_P99_MS:g} ms": classify.p99_ms < TARGET_P99_MS,
+        f"one caller p50 <= {TARGET_ONE_CALLER_P50_MS:g} ms": triage_alone.p50_ms <= TARGET_ONE_CALLER_P50_MS,
+        f"model path adds <= {TARGET_MODEL_OVERHEAD_P50_MS:g} ms at p50, 1,000 in flight": (
+            model_at_1000.p50_ms <= MODEL_SECONDS * 1000 + TARGET_MODEL_OVERHEAD_P50_MS
+        ),
         f"memory < {TARGET_RSS_MB:g} MB after 50,000 calls": peak_mb < TARGET_RSS_MB and served >= 50_000,
-        "no errors": all(r.errors == 0 for r in runs),
+        "no errors at concurrency 50": all(r.errors == 0 for r in runs),
+        f"no errors at {SCALE_IN_FLIGHT:,} in flight": all(row.load.ok == row.load.calls for row in scale),
     }
     for name, met in targets.items():
         print(f"  {'met ' if met else 'MISSED'}  {name}")
