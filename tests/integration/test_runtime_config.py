@@ -129,11 +129,19 @@ async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: A
             "config.default_rate_limits[1].role",
         ),
         (
-            update(0, ["default_rate_limits"], default_rate_limits=[RoleRateLimit(role=0, rate_limit="5/minute")]),
+            update(
+                0,
+                ["default_rate_limits"],
+                default_rate_limits=[RoleRateLimit(role=admin_service_pb2.Role.ValueType(0), rate_limit="5/minute")],
+            ),
             "config.default_rate_limits[0].role",
         ),
         (
-            update(0, ["default_rate_limits"], default_rate_limits=[RoleRateLimit(role=9, rate_limit="5/minute")]),
+            update(
+                0,
+                ["default_rate_limits"],
+                default_rate_limits=[RoleRateLimit(role=admin_service_pb2.Role.ValueType(9), rate_limit="5/minute")],
+            ),
             "config.default_rate_limits[0].role",
         ),
         (
@@ -180,10 +188,10 @@ async def test_concurrent_changes_from_one_version_let_exactly_one_win(client: A
             "config.prices[1].backend",
         ),
         (
-            update(0, ["resources.strategy"], resources=StepPolicy(strategy=7)),  # type: ignore[arg-type]
+            update(0, ["resources.strategy"], resources=StepPolicy(strategy=admin_service_pb2.Strategy.ValueType(7))),
             "config.resources.strategy",
         ),
-        (update(0, ["danger_zone_policy"], danger_zone_policy=-3), "config.danger_zone_policy"),  # type: ignore[arg-type]
+        (update(0, ["danger_zone_policy"], danger_zone_policy=-3), "config.danger_zone_policy"),
     ],
     ids=[
         "empty-mask",

@@ -1,0 +1,124 @@
+"""The fuzz suite's one server (a real process), its callers, and values that reach past validation."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import strategies as st
+
+from server.calls import Role
+from server.identity.api_keys import issue_key
+from server.ids import new_id
+from server.store.api_keys import ApiKeyStore
+from server.store.database import open_database
+from tests.fake_llm import Reply, answer, start_fake_llm
+from tests.fuzz.harness import METHODS, Caller, FuzzServer
+from tests.fuzz.strategies import Hints
+from triage.v1 import admin_service_pb2, classify_service_pb2
+from triage.v1.classify_service_pb2 import ClassifyRequest
+
+SECRET = "fuzz-secret"
+# Far above what the suite sends: the limits are exercised by their own tests, not here.
+UNLIMITED = "1000000/second"
+CALLERS = ("admin", "clinician", "service", "demo", "anonymous", "unknown-key", "malformed")
+
+
+@dataclass
+class Fuzzing:
+    server: FuzzServer
+    caller: Caller
+    hints: Hints
+    # Keys whose role defaults apply (no limit of their own): for the configuration's property test.
+    role_default_callers: tuple[str, ...]
+
+
+def _key(store: ApiKeyStore, role: Role, name: str, rate_limit: str = "") -> tuple[str, str]:
+    issued = issue_key(store, SECRET.encode(), name=name, role=role, rate_limit=rate_limit)
+    return issued.record.key_id, issued.secret
+
+
+@pytest.fixture(scope="session")
+def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzing]:
+    directory = tmp_path_factory.mktemp("fuzz")
+    fake, http = start_fake_llm()
+    # Routed to a model by a fuzzed configuration, a step gets a sound answer.
+    fake.defaults.update(
+        high_risk=answer(high_risk=True, reasons=["sudden onset"]),
+        resources=answer(resources=[{"kind": "labs", "reason": "panel"}]),
+        narrative=Reply(chunks=("A short ", "narrative."), output_tokens=5),
+    )
+    environment = {
+        "TRIAGE_PORT": "0",
+        "TRIAGE_DATABASE_URL": f"sqlite:///{directory / 'triage.db'}",
+        "TRIAGE_SECRET_KEY": SECRET,
+        "TRIAGE_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "TRIAGE_OPENAI_BASE_URL": fake.url,
+        "TRIAGE_OPENAI_PROVIDERS": f'{{"fake": {{"base_url": "{fake.url}"}}}}',
+        "TRIAGE_DANGER_ZONE_POLICY": "up_triage",
+        **{f"TRIAGE_RATE_LIMIT_{role.value.upper()}": UNLIMITED for role in Role},
+    }
+    engine = open_database(environment["TRIAGE_DATABASE_URL"])
+    store = ApiKeyStore(engine)
+    credentials: dict[str, tuple[tuple[str, str], ...]] = {
+        "anonymous": (),
+        "unknown-key": (("authorization", f"Bearer tk_{new_id()}_nosuchsecret"),),
+        "malformed": (("authorization", "Basic dXNlcjpwYXNz"),),
+    }
+    for role in Role:
+        # Their own generous limit: a fuzzed UpdateConfig may set any role default.
+        credentials[role.value] = (
+            ("authorization", f"Bearer {_key(store, role, f'fuzz-{role.value}', UNLIMITED)[1]}"),
+        )
+        credentials[f"{role.value}-by-role"] = (
+            ("authorization", f"Bearer {_key(store, role, f'role-{role.value}')[1]}"),
+        )
+    # Keys the fuzzer may revoke or ask the usage of.
+    victims = [_key(store, Role.DEMO, f"victim-{n}")[0] for n in range(3)]
+    engine.dispose()
+
+    server = FuzzServer(directory, environment)
+    try:
+        server.start()
+        caller = Caller(f"127.0.0.1:{server.port}", credentials)
+        try:
+            hints = _hints(caller, victims)
+            yield Fuzzing(server, caller, hints, tuple(f"{role.value}-by-role" for role in Role))
+        finally:
+            caller.close()
+    finally:
+        server.stop()
+        http.shutdown()
+        http.server_close()
+
+
+def _hints(caller: Caller, victims: list[str]) -> Hints:
+    """Values that exist on this server (ids, tokens) and values that reach config and key checks."""
+    classify = next(m for m in METHODS if m.name == "Classify")
+    audit = next(m for m in METHODS if m.name == "ListAuditEvents")
+    ids = []
+    for complaint in ("chest pain", "headache", "sprained ankle"):
+        request = ClassifyRequest()
+        request.case.chief_complaint = complaint
+        request.case.age.years = 40
+        _, [response] = caller.call(classify, request.SerializeToString(), "clinician")
+        ids.append(classify_service_pb2.ClassifyResponse.FromString(response).classification.classification_id)
+    listing = admin_service_pb2.ListAuditEventsRequest(page_size=1).SerializeToString()
+    _, [page] = caller.call(audit, listing, "admin")
+    token = admin_service_pb2.ListAuditEventsResponse.FromString(page).next_page_token
+    return {
+        "classification_id": st.sampled_from([*ids, new_id(), ids[0].lower()]),
+        "key_id": st.sampled_from([*victims, new_id()]),
+        "page_token": st.sampled_from([token, token[:-2], "djF8"]),
+        "chief_complaint": st.sampled_from(["chest pain", "headache", "abdominal pain", "fever", "laceration"]),
+        "backend": st.sampled_from(
+            ["rules", "learned", "openai:gpt-4o-mini", "fake:model", "fake:", "nosuch:model", "openai:unpriced"]
+        ),
+        "rate_limit": st.sampled_from(
+            ["5/minute", "0/second", "10/second;1000/hour", "1/99999 year", "99999999999/second", "1 per 3 hours"]
+        ),
+        "name": st.sampled_from(["integration", "fuzz key"]),
+    }
