@@ -326,7 +326,8 @@ class RuntimeConfigs:
         found: list[Problem]
         config = None
         try:
-            config = RuntimeConfig.model_validate_json(text)
+            # The row's version is the version, whatever a hand edit left in the JSON.
+            config = RuntimeConfig.model_validate_json(text).model_copy(update={"version": version})
             found = problems(config, self._known_backend)
         except ValidationError as error:
             # Locations and messages only: the stored values are not repeated in the log.

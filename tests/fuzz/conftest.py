@@ -24,7 +24,10 @@ from triage.v1.classify_service_pb2 import ClassifyRequest
 SECRET = "fuzz-secret"
 # Far above what the suite sends: the limits are exercised by their own tests, not here.
 UNLIMITED = "1000000/second"
-CALLERS = ("admin", "clinician", "service", "demo", "anonymous", "unknown-key", "malformed")
+ROLES = ("admin", "clinician", "service", "demo")
+# Every kind of caller: each role; no credentials; credentials that are wrong in each way; odd metadata;
+# and one that allows the server almost no time (its deadline is caller input too).
+CALLERS = (*ROLES, "anonymous", "unknown-key", "malformed", "empty-bearer", "jwt-like", "odd-request-id", "hurried")
 
 
 @dataclass
@@ -67,6 +70,8 @@ def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzing]:
         "anonymous": (),
         "unknown-key": (("authorization", f"Bearer tk_{new_id()}_nosuchsecret"),),
         "malformed": (("authorization", "Basic dXNlcjpwYXNz"),),
+        "empty-bearer": (("authorization", "Bearer "),),
+        "jwt-like": (("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."),),
     }
     for role in Role:
         # Their own generous limit: a fuzzed UpdateConfig may set any role default.
@@ -76,6 +81,8 @@ def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzing]:
         credentials[f"{role.value}-by-role"] = (
             ("authorization", f"Bearer {_key(store, role, f'role-{role.value}')[1]}"),
         )
+    credentials["odd-request-id"] = (*credentials["clinician"], ("x-request-id", "../../x y;" + "z" * 300))
+    credentials["hurried"] = credentials["service"]
     # Keys the fuzzer may revoke or ask the usage of.
     victims = [_key(store, Role.DEMO, f"victim-{n}")[0] for n in range(3)]
     engine.dispose()
