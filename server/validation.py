@@ -67,6 +67,9 @@ def validate_case(message: case_pb2.TriageCase, path: str = "case") -> Case:
     _max_length(violations, f"{path}.chief_complaint", complaint, MAX_CHIEF_COMPLAINT_CHARS)
     _max_length(violations, f"{path}.history", message.history, MAX_HISTORY_CHARS)
     _max_length(violations, f"{path}.case_ref", message.case_ref, MAX_CASE_REF_CHARS)
+    if "\x00" in message.case_ref:
+        # It is stored in the audit log, and PostgreSQL text holds no NUL: one would fail the whole batch.
+        violations.append(field_violation(f"{path}.case_ref", "must not contain NUL characters", "INVALID_CHARACTERS"))
     vitals = _vitals(message.vitals, f"{path}.vitals", violations)
     check_enum(violations, f"{path}.sex", case_pb2.Sex.DESCRIPTOR, message.sex)
     check_enum(violations, f"{path}.avpu", case_pb2.Avpu.DESCRIPTOR, message.avpu)

@@ -143,9 +143,11 @@ def key_violations(
 ) -> list[error_details_pb2.BadRequest.FieldViolation]:
     """What is wrong with a new key's settings; shared by the RPC and `triage-server keys create`."""
     violations = []
-    if not name.strip() or len(name) > MAX_KEY_NAME_CHARACTERS:
+    if not name.strip() or len(name) > MAX_KEY_NAME_CHARACTERS or "\x00" in name:
         violations.append(
-            field_violation("name", f"is required, at most {MAX_KEY_NAME_CHARACTERS} characters", "INVALID_NAME")
+            field_violation(
+                "name", f"is required, at most {MAX_KEY_NAME_CHARACTERS} characters, without NUL", "INVALID_NAME"
+            )
         )
     if role is None:
         violations.append(field_violation("role", "must be one of demo, clinician, service, admin", "REQUIRED"))

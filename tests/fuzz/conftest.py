@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, make_url, text
 
 from server.calls import Role
 from server.identity.api_keys import issue_key
@@ -39,6 +43,26 @@ class Fuzzing:
     role_default_callers: tuple[str, ...]
 
 
+@contextmanager
+def _database(directory: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database when TEST_POSTGRES_URL names a server (as in CI: the stricter store,
+    and production's), else a SQLite file."""
+    server_url = os.environ.get("TEST_POSTGRES_URL", "")
+    if not server_url:
+        yield f"sqlite:///{directory / 'triage.db'}"
+        return
+    name = f"triage_fuzz_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(server_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def _key(store: ApiKeyStore, role: Role, name: str, rate_limit: str = "") -> tuple[str, str]:
     issued = issue_key(store, SECRET.encode(), name=name, role=role, rate_limit=rate_limit)
     return issued.record.key_id, issued.secret
@@ -47,6 +71,11 @@ def _key(store: ApiKeyStore, role: Role, name: str, rate_limit: str = "") -> tup
 @pytest.fixture(scope="session")
 def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzing]:
     directory = tmp_path_factory.mktemp("fuzz")
+    with _database(directory) as database_url:
+        yield from _serve(directory, database_url)
+
+
+def _serve(directory: Path, database_url: str) -> Iterator[Fuzzing]:
     fake, http = start_fake_llm()
     # Routed to a model by a fuzzed configuration, a step gets a sound answer.
     fake.defaults.update(
@@ -56,7 +85,7 @@ def fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzing]:
     )
     environment = {
         "TRIAGE_PORT": "0",
-        "TRIAGE_DATABASE_URL": f"sqlite:///{directory / 'triage.db'}",
+        "TRIAGE_DATABASE_URL": database_url,
         "TRIAGE_SECRET_KEY": SECRET,
         "TRIAGE_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
         "TRIAGE_OPENAI_BASE_URL": fake.url,
@@ -127,5 +156,7 @@ def _hints(caller: Caller, victims: list[str]) -> Hints:
         "rate_limit": st.sampled_from(
             ["5/minute", "0/second", "10/second;1000/hour", "1/99999 year", "99999999999/second", "1 per 3 hours"]
         ),
-        "name": st.sampled_from(["integration", "fuzz key"]),
+        # NUL: PostgreSQL text holds none, so stored strings must be refused with it, not fail the write.
+        "name": st.sampled_from(["integration", "fuzz key", "nul\x00name"]),
+        "case_ref": st.sampled_from(["ref-1", "nul\x00ref", "r" * 128]),
     }

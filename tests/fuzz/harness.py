@@ -115,12 +115,14 @@ class FuzzServer:
         return self.log_path.stat().st_size
 
     def faults_since(self, offset: int) -> list[dict[str, object]]:
-        """Log lines since `offset` that show a fault of ours: an unexpected error, a call that ended INTERNAL."""
+        """Log lines since `offset` that show a fault: any error (an unexpected exception, a failed write),
+        a call that ended INTERNAL or UNKNOWN, anything but a JSON line."""
         return [
             entry
             for entry in self.log(offset)
-            if entry.get("event") in ("unexpected error", "raw")
-            or entry.get("code") in ("INTERNAL", "UNKNOWN", "StatusCode.INTERNAL", "StatusCode.UNKNOWN")
+            if entry.get("level") == "error"
+            or entry.get("event") == "raw"
+            or entry.get("code") in ("INTERNAL", "UNKNOWN")
         ]
 
     def stop(self) -> None:

@@ -46,6 +46,7 @@ BAD = [
     (_set("chief_complaint", "x" * 1001), "case.chief_complaint", "TOO_LONG"),
     (_set("history", "x" * 10_001), "case.history", "TOO_LONG"),
     (_set("case_ref", "x" * 129), "case.case_ref", "TOO_LONG"),
+    (_set("case_ref", "a\x00b"), "case.case_ref", "INVALID_CHARACTERS"),
     (_set("sex", 9), "case.sex", "UNKNOWN_VALUE"),
     (_set("avpu", 12), "case.avpu", "UNKNOWN_VALUE"),
     (_set("arrival_mode", 40), "case.arrival_mode", "UNKNOWN_VALUE"),
