@@ -10,9 +10,12 @@ import pytest
 from google.protobuf import field_mask_pb2
 from sqlmodel import Session, select
 
+from interceptors.rate_limit import RateLimitInterceptor
 from server.app import TriageServer
-from server.calls import Role
+from server.calls import CallState, Principal, Role, begin_call
 from server.config import Settings
+from server.errors import ResourceExhausted as ServerResourceExhausted
+from server.rate_limits import RateLimiter
 from server.store.database import open_database
 from server.store.models import ConfigVersionRecord
 from tests.support import eventually, make_case
@@ -339,3 +342,23 @@ async def test_a_stored_version_that_does_not_hold_is_logged_and_skipped(
 
 async def _version_is(client: AsyncTriageClient, version: int) -> bool:
     return (await client.get_config()).config.version == version
+
+
+async def test_a_role_missing_from_the_defaults_is_counted_against_the_settings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defence in depth: were a role's default ever missing (a defect), its calls are counted, never failed."""
+    limiter = RateLimiter(None)
+    interceptor = RateLimitInterceptor(limiter, dict, fallback={Role.CLINICIAN: "1/minute"})
+    begin_call(CallState(method="test", request_id="r", peer="p", principal=Principal("key:a", Role.CLINICIAN)))
+
+    async def answer(request: str, context: object) -> str:
+        return "answered"
+
+    try:
+        assert await interceptor.intercept(answer, "", None, "test") == "answered"  # type: ignore[arg-type]
+        with pytest.raises(ServerResourceExhausted):
+            await interceptor.intercept(answer, "", None, "test")  # type: ignore[arg-type]
+    finally:
+        await limiter.close()
+    assert [r.fields["role"] for r in caplog.records if "no default rate limit" in r.message] == ["clinician"]  # type: ignore[attr-defined]
