@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2
 from server.calls import Principal, Role
 from server.errors import field_violation
 from server.ids import new_id
-from server.rate_limits import parse_limits
+from server.rate_limit_policy import rate_limit_problem
 from server.refresh import Refresher
 from server.store.api_keys import ApiKeyStore
 from server.store.models import ApiKeyRecord
@@ -143,19 +143,17 @@ def key_violations(
 ) -> list[error_details_pb2.BadRequest.FieldViolation]:
     """What is wrong with a new key's settings; shared by the RPC and `triage-server keys create`."""
     violations = []
-    if not name.strip() or len(name) > MAX_KEY_NAME_CHARACTERS:
+    if not name.strip() or len(name) > MAX_KEY_NAME_CHARACTERS or "\x00" in name:
         violations.append(
-            field_violation("name", f"is required, at most {MAX_KEY_NAME_CHARACTERS} characters", "INVALID_NAME")
+            field_violation(
+                "name", f"is required, at most {MAX_KEY_NAME_CHARACTERS} characters, without NUL", "INVALID_NAME"
+            )
         )
     if role is None:
         violations.append(field_violation("role", "must be one of demo, clinician, service, admin", "REQUIRED"))
-    if rate_limit:
-        try:
-            parse_limits(rate_limit)
-        except ValueError:
-            violations.append(
-                field_violation("rate_limit", "must read like 20/day or 10/second;1000/hour", "INVALID_RATE_LIMIT")
-            )
+    problem = rate_limit_problem(rate_limit) if rate_limit else None
+    if problem is not None:
+        violations.append(field_violation("rate_limit", problem, "INVALID_RATE_LIMIT"))
     if expires_in is not None and expires_in <= timedelta(0):
         violations.append(field_violation("expires_in", "must be positive", "OUT_OF_RANGE"))
     if budget_usd_micros < 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -15,14 +14,13 @@ from pydantic import ValidationError
 
 from server.backends.registry import BackendRegistry
 from server.budgets import month_start
-from server.calls import current_call
+from server.calls import Role, current_call
 from server.errors import InvalidArgument, NotFound, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
 from server.ids import is_id
-from server.rate_limits import parse_limits
-from server.runtime_config import LEARNED, RULES, RuntimeConfig, RuntimeConfigs
+from server.rate_limit_policy import rate_limit_problem
+from server.runtime_config import LEARNED, RULES, STEP_FIELDS, RuntimeConfig, RuntimeConfigs, problems
 from server.services.convert import (
-    CONFIG_STEPS,
     api_key_message,
     audit_event_message,
     backend_message,
@@ -35,11 +33,14 @@ from server.services.convert import (
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.usage import UsageStore
+from server.validation import Violation, check_enum, duration_value, timestamp_value
 from triage.v1 import admin_service_pb2, admin_service_pb2_grpc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1_000
 _TOKEN_VERSION = "v1"
+# The longest an API key may live: 100 years is any key's lifetime, and its expiry stays a valid date.
+MAX_KEY_LIFETIME = timedelta(days=36_525)
 
 
 class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
@@ -66,9 +67,8 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(  # noqa: N802 - the RPC's name
         self, request: admin_service_pb2.ListAuditEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_service_pb2.ListAuditEventsResponse:
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
         violations = _page_size_violations(request.page_size)
+        start, end = _time_range(request, violations)
         if start is not None and end is not None and end <= start:
             violations.append(field_violation("end_time", "must be after start_time", "OUT_OF_RANGE"))
         after_id = None
@@ -100,7 +100,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     async def UpdateConfig(  # noqa: N802 - the RPC's name
         self, request: admin_service_pb2.UpdateConfigRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_service_pb2.UpdateConfigResponse:
-        paths = list(request.update_mask.paths)
+        paths = list(dict.fromkeys(request.update_mask.paths))  # each path once, in the caller's order
         fixed = [p for p in paths if p.split(".")[0] in _READ_ONLY_CONFIG]
         if not paths or fixed or not request.update_mask.IsValidForDescriptor(admin_service_pb2.Config.DESCRIPTOR):
             raise InvalidArgument(
@@ -113,11 +113,16 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
                     )
                 ]
             )
-        merged = config_message(self._configs.current)
+        current = self._configs.current
+        merged = config_message(current)
         request.update_mask.MergeMessage(
             request.config, merged, replace_message_field=True, replace_repeated_field=True
         )
-        config = validated_config(config_values(merged), self._backends)
+        violations: list[Violation] = []
+        limits = dict(current.default_rate_limits)
+        if "default_rate_limits" in {p.split(".")[0] for p in paths}:
+            limits |= _requested_rate_limits(request.config, violations)
+        config = validated_config(merged, limits, self._backends, violations)
         call = current_call()
         principal = call.principal if call is not None else None
         who = principal.account if principal is not None else ""
@@ -130,7 +135,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: admin_service_pb2.ListBackendsRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_service_pb2.ListBackendsResponse:
         config = self._configs.current
-        routed = {getattr(config, step).backend for step in CONFIG_STEPS}
+        routed = {getattr(config, step).backend for step in STEP_FIELDS}
         names = [RULES, LEARNED, *sorted((set(config.prices) | routed) - {RULES, LEARNED})]
         return admin_service_pb2.ListBackendsResponse(
             backends=[
@@ -144,8 +149,11 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: admin_service_pb2.CreateApiKeyRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_service_pb2.CreateApiKeyResponse:
         role = role_from_message(request.role)
-        expires_in = request.expires_in.ToTimedelta() if request.HasField("expires_in") else None
-        violations = key_violations(
+        violations: list[Violation] = []
+        expires_in = None
+        if request.HasField("expires_in"):
+            expires_in = duration_value(request.expires_in, "expires_in", violations, maximum=MAX_KEY_LIFETIME)
+        violations += key_violations(
             request.name, role, request.rate_limit, expires_in, request.monthly_budget_usd_micros
         )
         if violations or role is None:
@@ -197,8 +205,13 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> admin_service_pb2.GetUsageResponse:
         now = datetime.now(UTC)
         month = month_start(now.date())
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        violations: list[Violation] = []
+        start, end = _time_range(request, violations)
+        if request.key_id and not is_id(request.key_id):
+            violations.append(field_violation("key_id", "must be empty or a 26-character key id", "INVALID_FORMAT"))
+        if violations:
+            raise InvalidArgument(violations)
+        end = end or now
         first_day = start.date() if start is not None else month
         if end <= datetime.combine(first_day, time.min, UTC):
             raise InvalidArgument([field_violation("end_time", "must be after start_time", "OUT_OF_RANGE")])
@@ -223,58 +236,87 @@ def _range_key(start: datetime | None, end: datetime | None) -> str:
 
 
 _READ_ONLY_CONFIG = frozenset({"version", "updated_at", "updated_by"})
-_BACKEND = re.compile(r"^(rules|[a-z][a-z0-9_-]*:[A-Za-z0-9._:/-]+)$")
 
 
-def validated_config(values: dict[str, Any], backends: BackendRegistry) -> RuntimeConfig:
-    """The configuration, or INVALID_ARGUMENT naming every field that is wrong and why."""
-    violations = []
+def _time_range(
+    request: admin_service_pb2.ListAuditEventsRequest | admin_service_pb2.GetUsageRequest, violations: list[Violation]
+) -> tuple[datetime | None, datetime | None]:
+    """start_time and end_time when set and in range; a violation for each that is not."""
+    start = timestamp_value(request.start_time, "start_time", violations) if request.HasField("start_time") else None
+    end = timestamp_value(request.end_time, "end_time", violations) if request.HasField("end_time") else None
+    return start, end
+
+
+def _requested_rate_limits(config: admin_service_pb2.Config, violations: list[Violation]) -> dict[Role, str]:
+    """The roles' limits in an UpdateConfig, to merge over the current ones; a violation for each bad entry.
+
+    Merged role by role: an admin who sends the demo role's limit means to change that one, and every role
+    must keep a default (each key without a limit of its own is counted against it), so a role left out
+    keeps its current limit rather than being dropped.
+    """
+    limits: dict[Role, str] = {}
+    seen: set[Role] = set()
+    for index, entry in enumerate(config.default_rate_limits):
+        path = f"config.default_rate_limits[{index}]"
+        role = role_from_message(entry.role)
+        if role is None:
+            check_enum(
+                violations, f"{path}.role", admin_service_pb2.Role.DESCRIPTOR, entry.role, allow_unspecified=False
+            )
+        elif role in seen:
+            violations.append(field_violation(f"{path}.role", f"{role.value} is given twice", "DUPLICATE"))
+        else:
+            seen.add(role)
+        problem = rate_limit_problem(entry.rate_limit)
+        if problem is not None:
+            violations.append(field_violation(f"{path}.rate_limit", problem, "INVALID_RATE_LIMIT"))
+        elif role is not None:
+            limits[role] = entry.rate_limit
+    return limits
+
+
+def validated_config(
+    message: admin_service_pb2.Config,
+    rate_limits: dict[Role, str],
+    backends: BackendRegistry,
+    violations: list[Violation],
+) -> RuntimeConfig:
+    """The whole configuration `message` describes (with `rate_limits`), or INVALID_ARGUMENT naming every field
+    that would break a call: these, and the `violations` found before."""
+    for step in STEP_FIELDS:
+        check_enum(
+            violations,
+            f"config.{step}.strategy",
+            admin_service_pb2.Strategy.DESCRIPTOR,
+            getattr(message, step).strategy,
+        )
+    check_enum(
+        violations,
+        "config.danger_zone_policy",
+        admin_service_pb2.DangerZonePolicy.DESCRIPTOR,
+        message.danger_zone_policy,
+    )
+    priced: set[str] = set()
+    for index, price in enumerate(message.prices):
+        if price.backend in priced:
+            violations.append(
+                field_violation(f"config.prices[{index}].backend", f"{price.backend} is priced twice", "DUPLICATE")
+            )
+        priced.add(price.backend)
     try:
-        config = RuntimeConfig.model_validate(values)
+        config = RuntimeConfig.model_validate(config_values(message) | {"default_rate_limits": rate_limits})
     except ValidationError as error:
-        raise InvalidArgument(
+        violations += [
             field_violation("config." + ".".join(str(part) for part in e["loc"]), e["msg"], "INVALID_VALUE")
-            for e in error.errors()
-        ) from None
-    for step in CONFIG_STEPS:
-        policy = getattr(config, step)
-        if policy.backend == LEARNED:
-            continue  # free and offline; RuntimeConfig keeps it to B and C
-        if not _BACKEND.match(policy.backend) or not backends.knows(policy.backend):
-            providers = ", ".join(sorted(backends.providers))
-            violations.append(
-                field_violation(
-                    f"config.{step}.backend",
-                    f"must be rules, learned (high_risk, resources) or provider:model, "
-                    f"with a configured provider ({providers})",
-                    "INVALID_BACKEND",
-                )
-            )
-        elif policy.backend != RULES and config.price(policy.backend) is None:
-            violations.append(
-                field_violation(
-                    f"config.{step}.backend",
-                    f"{policy.backend} has no price; set one in prices first (0 for a free local model)",
-                    "NO_PRICE",
-                )
-            )
-        if policy.strategy != "rules" and policy.backend == RULES:
-            violations.append(
-                field_violation(
-                    f"config.{step}.strategy", f"{policy.strategy} needs a model backend", "NEEDS_MODEL_BACKEND"
-                )
-            )
-    for role, limit in config.default_rate_limits.items():
-        try:
-            parse_limits(limit)
-        except ValueError:
-            violations.append(
-                field_violation(
-                    "config.default_rate_limits",
-                    f"the {role} limit must read like 20/day or 10/second;1000/hour",
-                    "INVALID_RATE_LIMIT",
-                )
-            )
+            for e in error.errors(include_input=False, include_url=False)
+        ]
+        raise InvalidArgument(violations) from None
+    providers = ", ".join(sorted(backends.providers))
+    for problem in problems(config, backends.knows):
+        description = problem.description
+        if problem.reason == "INVALID_BACKEND":
+            description += f" ({providers})"
+        violations.append(field_violation(f"config.{problem.field}", description, problem.reason))
     if violations:
         raise InvalidArgument(violations)
     return config

@@ -10,8 +10,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from server.calls import Role
 from server.domain import Cost, Finding, StepResult, TriageResult
-from server.runtime_config import Price, RuntimeConfig, StepPolicy
-from server.steps import CONFIG_FIELDS
+from server.runtime_config import STEP_FIELDS, Price, RuntimeConfig, StepPolicy
 from server.store.models import ApiKeyRecord, AuditEvent, UsageTotal
 from triage.v1 import admin_service_pb2, classification_pb2, explain_service_pb2
 
@@ -131,8 +130,6 @@ _DANGER_ZONE: dict[str, admin_service_pb2.DangerZonePolicy.ValueType] = {
     "flag_only": admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY,
     "learned": admin_service_pb2.DANGER_ZONE_POLICY_LEARNED,
 }
-# The configuration's step policies: the decision points' (server/steps), then the narrative's.
-CONFIG_STEPS = (*CONFIG_FIELDS, "narrative")
 
 
 def config_message(config: RuntimeConfig) -> admin_service_pb2.Config:
@@ -142,7 +139,7 @@ def config_message(config: RuntimeConfig) -> admin_service_pb2.Config:
         global_monthly_budget_usd_micros=config.global_monthly_budget_usd_micros,
         updated_by=config.updated_by,
     )
-    for step in CONFIG_STEPS:
+    for step in STEP_FIELDS:
         policy: StepPolicy = getattr(config, step)
         getattr(message, step).CopyFrom(
             admin_service_pb2.StepPolicy(backend=policy.backend, strategy=_STRATEGIES[policy.strategy])
@@ -165,7 +162,10 @@ def config_message(config: RuntimeConfig) -> admin_service_pb2.Config:
 
 
 def config_values(message: admin_service_pb2.Config) -> dict[str, object]:
-    """RuntimeConfig fields from a Config message; enum zero values mean the defaults."""
+    """RuntimeConfig fields from a Config message, but the rate limits, which UpdateConfig merges role by role.
+
+    Enum zero values mean the defaults; values this server does not know are refused before (check_enum).
+    """
     strategies = {value: name for name, value in _STRATEGIES.items()}
     danger_zone = {value: name for name, value in _DANGER_ZONE.items()}
     values: dict[str, object] = {
@@ -173,7 +173,7 @@ def config_values(message: admin_service_pb2.Config) -> dict[str, object]:
             "backend": getattr(message, step).backend or "rules",
             "strategy": strategies.get(getattr(message, step).strategy, "rules"),
         }
-        for step in CONFIG_STEPS
+        for step in STEP_FIELDS
     }
     values["danger_zone_policy"] = danger_zone.get(message.danger_zone_policy, "up_triage")
     values["prices"] = {
@@ -184,9 +184,6 @@ def config_values(message: admin_service_pb2.Config) -> dict[str, object]:
         for price in message.prices
     }
     values["global_monthly_budget_usd_micros"] = message.global_monthly_budget_usd_micros
-    values["default_rate_limits"] = {
-        role_from_message(limit.role): limit.rate_limit for limit in message.default_rate_limits
-    }
     return values
 
 

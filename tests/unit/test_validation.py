@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.errors import InvalidArgument
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
-from server.validation import VITAL_RANGES, validate_case
+from server.rate_limit_policy import rate_limit_problem
+from server.validation import VITAL_RANGES, Violation, duration_value, timestamp_value, validate_case
 from tests.support import make_case
 from triage.v1 import case_pb2
 
@@ -43,6 +46,7 @@ BAD = [
     (_set("chief_complaint", "x" * 1001), "case.chief_complaint", "TOO_LONG"),
     (_set("history", "x" * 10_001), "case.history", "TOO_LONG"),
     (_set("case_ref", "x" * 129), "case.case_ref", "TOO_LONG"),
+    (_set("case_ref", "a\x00b"), "case.case_ref", "INVALID_CHARACTERS"),
     (_set("sex", 9), "case.sex", "UNKNOWN_VALUE"),
     (_set("avpu", 12), "case.avpu", "UNKNOWN_VALUE"),
     (_set("arrival_mode", 40), "case.arrival_mode", "UNKNOWN_VALUE"),
@@ -163,3 +167,76 @@ def test_any_text_is_read_without_error(text: str) -> None:
     result = asyncio.run(_PIPELINE.classify(case))
 
     assert result.esi_level in (1, 2, 3, 4, 5)
+
+
+# The well-known types and rate limits callers send (server/validation.py, server/rate_limit_policy.py).
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "fields"),
+    [
+        (-62_135_596_800, 0, []),  # 0001-01-01T00:00:00Z, the first instant a Timestamp holds
+        (253_402_300_799, 999_999_999, []),  # 9999-12-31T23:59:59.999999999Z, the last
+        (253_402_300_800, 0, ["t.seconds"]),
+        (-62_135_596_801, 0, ["t.seconds"]),
+        (0, -1, ["t.nanos"]),
+        (0, 1_000_000_000, ["t.nanos"]),
+        (2**63 - 1, -(2**31), ["t.seconds", "t.nanos"]),
+    ],
+)
+def test_timestamps_out_of_range_are_named(seconds: int, nanos: int, fields: list[str]) -> None:
+    violations: list[Violation] = []
+    value = timestamp_value(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos), "t", violations)
+
+    assert [v.field for v in violations] == fields
+    assert (value is None) == bool(fields)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "fields"),
+    [
+        (1, 5, []),
+        (-1, -5, []),
+        (0, -5, []),
+        (1, -5, ["d.nanos"]),  # not normalized: the signs disagree
+        (-1, 5, ["d.nanos"]),
+        (315_576_000_001, 0, ["d.seconds"]),
+        (2**62, 0, ["d.seconds"]),
+        (0, 1_000_000_000, ["d.nanos"]),
+        (200 * 365 * 86_400, 0, ["d"]),  # in range, over the maximum given
+    ],
+)
+def test_durations_out_of_range_or_not_normalized_are_named(seconds: int, nanos: int, fields: list[str]) -> None:
+    violations: list[Violation] = []
+    value = duration_value(
+        duration_pb2.Duration(seconds=seconds, nanos=nanos), "d", violations, maximum=timedelta(days=36_525)
+    )
+
+    assert [v.field for v in violations] == fields
+    assert (value is None) == bool(fields)
+
+
+@given(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**31), 2**31 - 1))
+def test_any_duration_is_a_timedelta_or_a_violation(seconds: int, nanos: int) -> None:
+    violations: list[Violation] = []
+    value = duration_value(duration_pb2.Duration(seconds=seconds, nanos=nanos), "d", violations)
+
+    assert (value is None) == bool(violations)
+
+
+@pytest.mark.parametrize(
+    ("text", "fine"),
+    [
+        ("20/day", True),
+        ("10/second;1000/hour", True),
+        ("0/minute", True),  # refuses every call: a policy, not a fault
+        ("1 per 1 year", True),
+        ("x", False),
+        ("5/minute;", False),
+        ("1000000001/second", False),
+        ("1/2 year", False),  # the RetryInfo of a window longer than a year is no sensible answer
+        ("1/99999999999999999999 day", False),
+    ],
+)
+def test_rate_limits_are_bounded(text: str, fine: bool) -> None:
+    assert (rate_limit_problem(text) is None) == fine
