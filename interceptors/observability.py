@@ -116,12 +116,12 @@ def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCo
     if isinstance(error, aio.AbortError):
         code = context.code()
         return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-    # A caller that went away: writing to its stream fails with grpc's own error, not CancelledError.
-    if isinstance(error, asyncio.CancelledError) or context.cancelled():
-        return grpc.StatusCode.CANCELLED
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         # The caller's deadline passed while we answered: gRPC had ended the call, and writing to it failed
         # (ExecuteBatchError). The caller saw DEADLINE_EXCEEDED; so does the log.
         return grpc.StatusCode.DEADLINE_EXCEEDED
+    # A caller that went away: writing to its stream fails with grpc's own error, not CancelledError.
+    if isinstance(error, asyncio.CancelledError) or context.cancelled():
+        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN

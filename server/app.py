@@ -163,16 +163,6 @@ class TriageServer:
             provider, self._tracing_interceptor = start_tracing(settings.otlp_endpoint)
             resources.push_async_callback(asyncio.to_thread, provider.shutdown)
             tracer = provider.get_tracer("triage.pipeline")
-        configs = RuntimeConfigs(
-            ConfigStore(engine),
-            default_config(
-                danger_zone_policy=settings.danger_zone_policy,
-                rate_limits=settings.role_rate_limits(),
-                global_monthly_budget_usd_micros=round(settings.global_monthly_budget_usd * 1_000_000),
-            ),
-        )
-        await configs.start()
-        resources.push_async_callback(configs.stop)
         registry = BackendRegistry(
             {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
             max_output_tokens=settings.model_max_output_tokens,
@@ -180,6 +170,18 @@ class TriageServer:
             circuit_open_seconds=settings.circuit_open_seconds,
         )
         resources.push_async_callback(registry.close)
+        configs = RuntimeConfigs(
+            ConfigStore(engine),
+            default_config(
+                danger_zone_policy=settings.danger_zone_policy,
+                rate_limits=settings.role_rate_limits(),
+                global_monthly_budget_usd_micros=round(settings.global_monthly_budget_usd * 1_000_000),
+            ),
+            # A stored routing to a provider no longer configured is set aside, not served.
+            known_backend=registry.knows,
+        )
+        await configs.start()
+        resources.push_async_callback(configs.stop)
         usage = UsageStore(engine)
         budgets = Budgets(usage, configs)
         await budgets.start()
@@ -272,7 +274,9 @@ class TriageServer:
                 maximum_seconds=settings.max_deadline_seconds,
                 minimum_seconds=settings.min_deadline_seconds,
             ),
-            RateLimitInterceptor(limiter, lambda: configs.current.default_rate_limits),
+            RateLimitInterceptor(
+                limiter, lambda: configs.current.default_rate_limits, fallback=settings.role_rate_limits()
+            ),
             CostInterceptor(usage),
         ]
         return chain

@@ -30,8 +30,7 @@ from sqlmodel import Session, select
 from server.domain import LEARNED, RULES, Role
 from server.domain import DangerZonePolicy as RulesDangerZonePolicy
 from server.errors import Aborted
-from server.rate_limit_policy import rate_limit_problem
-from server.rate_limits import parse_limits
+from server.rate_limits import parse_limits, rate_limit_problem
 from server.refresh import Refresher
 from server.store.models import ConfigVersionRecord
 

@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2
 from server.calls import Principal, Role
 from server.errors import field_violation
 from server.ids import new_id
-from server.rate_limit_policy import rate_limit_problem
+from server.rate_limits import rate_limit_problem
 from server.refresh import Refresher
 from server.store.api_keys import ApiKeyStore
 from server.store.models import ApiKeyRecord

@@ -18,7 +18,7 @@ from server.calls import Role, current_call
 from server.errors import InvalidArgument, NotFound, field_violation
 from server.identity.api_keys import ApiKeyAuthenticator, issue_key, key_violations
 from server.ids import is_id
-from server.rate_limit_policy import rate_limit_problem
+from server.rate_limits import rate_limit_problem
 from server.runtime_config import LEARNED, RULES, STEP_FIELDS, RuntimeConfig, RuntimeConfigs, problems
 from server.services.convert import (
     api_key_message,

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, make_url, text
 from server.calls import Role
 from server.identity.api_keys import issue_key
 from server.ids import new_id
+from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
 from tests.fake_llm import Reply, answer, start_fake_llm
@@ -93,7 +94,8 @@ def _serve(directory: Path, database_url: str) -> Iterator[Fuzzing]:
         "TRIAGE_DANGER_ZONE_POLICY": "up_triage",
         **{f"TRIAGE_RATE_LIMIT_{role.value.upper()}": UNLIMITED for role in Role},
     }
-    engine = open_database(environment["TRIAGE_DATABASE_URL"])
+    schema.upgrade(database_url)
+    engine = open_database(database_url)
     store = ApiKeyStore(engine)
     credentials: dict[str, tuple[tuple[str, str], ...]] = {
         "anonymous": (),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from server.errors import InvalidArgument
 from server.esi.engine import RulesEngine
 from server.pipeline.pipeline import Pipeline
-from server.rate_limit_policy import rate_limit_problem
+from server.rate_limits import rate_limit_problem
 from server.validation import VITAL_RANGES, Violation, duration_value, timestamp_value, validate_case
 from tests.support import make_case
 from triage.v1 import case_pb2
@@ -169,7 +169,7 @@ def test_any_text_is_read_without_error(text: str) -> None:
     assert result.esi_level in (1, 2, 3, 4, 5)
 
 
-# The well-known types and rate limits callers send (server/validation.py, server/rate_limit_policy.py).
+# The well-known types and rate limits callers send (server/validation.py, server/rate_limits.py).
 
 
 @pytest.mark.parametrize(
