@@ -46,6 +46,7 @@ from server.services.explain import EXPLAIN_METHOD, ExplainService
 from server.store import retention, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
+from server.store.budgets import BudgetStore
 from server.store.database import open_database
 from server.store.usage import UsageStore
 from server.tracing import start_tracing
@@ -183,7 +184,7 @@ class TriageServer:
         await configs.start()
         resources.push_async_callback(configs.stop)
         usage = UsageStore(engine)
-        budgets = Budgets(usage, configs)
+        budgets = Budgets(BudgetStore(engine), configs)
         await budgets.start()
         resources.push_async_callback(budgets.stop)
         pipeline = Pipeline(

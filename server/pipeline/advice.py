@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from server.backends.answers import NARRATIVE_PROMPT, describe_case
 from server.backends.openai_compatible import ModelUnavailable, Usage
 from server.backends.registry import BackendRegistry
-from server.budgets import Budgets, OverBudget
+from server.budgets import Budgets, BudgetUnavailable, OverBudget
 from server.domain import (
     STEP_NARRATIVE,
     BudgetExhausted,
@@ -88,7 +88,7 @@ class Advisor:
         reservation = None
         if worst > 0:  # free backends are never held back by a budget
             try:
-                reservation = self.budgets.reserve(principal, worst)
+                reservation = await self.budgets.reserve(principal, worst, seconds=self.seconds(context))
             except OverBudget as over:
                 if principal is not None and principal.refuse_over_budget:
                     raise BudgetExhausted(
@@ -97,6 +97,8 @@ class Advisor:
                         description=f"{over.scope} monthly model budget",
                     ) from None
                 return fallback(rules, backend.name, f"the {over.scope} budget is spent")
+            except BudgetUnavailable:
+                return fallback(rules, backend.name, "the budget could not be checked")
         used = Cost(worst, input_at_most, backend.max_output_tokens)
         try:
             reply = await backend.ask(question, case, seconds=self.seconds(context))
@@ -108,12 +110,12 @@ class Advisor:
             used = Cost()  # no answer, no tokens billed
             return fallback(rules, backend.name, unavailable.reason)
         finally:
-            if reservation is not None:
-                self.budgets.settle(reservation, used.usd_micros, principal)
             if used != Cost():
                 context.ledger.append(
                     LedgerEntry(rules.step, backend.name, used.input_tokens, used.output_tokens, used.usd_micros)
                 )
+            if reservation is not None:
+                await self.budgets.settle(reservation, used.usd_micros, principal)
         if reply.answer is None:
             warning = Warning(
                 "model_invalid_answer",
@@ -144,10 +146,15 @@ class Advisor:
         reservation = None
         if worst > 0:
             try:
-                reservation = self.budgets.reserve(principal, worst)
+                reservation = await self.budgets.reserve(principal, worst, seconds=self.seconds(context))
             except OverBudget as over:
                 narration.warning = Warning(
                     "narrative_unavailable", "", f"no narrative: the {over.scope} budget is spent"
+                )
+                return
+            except BudgetUnavailable:
+                narration.warning = Warning(
+                    "narrative_unavailable", "", "no narrative: the budget could not be checked"
                 )
                 return
         received = 0
@@ -169,12 +176,12 @@ class Advisor:
                 price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
             )
             narration.cost = cost
-            if reservation is not None:
-                self.budgets.settle(reservation, cost.usd_micros, principal)
             if cost != Cost():
                 context.ledger.append(
                     LedgerEntry(STEP_NARRATIVE, name, usage.input_tokens, usage.output_tokens, cost.usd_micros)
                 )
+            if reservation is not None:
+                await self.budgets.settle(reservation, cost.usd_micros, principal)
 
 
 @dataclass

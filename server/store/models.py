@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import DateTime, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -73,8 +73,8 @@ class ApiKeyRecord(SQLModel, table=True):
     secret_hmac_sha256: str = Field(max_length=64)
     # Limits such as "10/second;1000/hour"; empty: the role's default.
     rate_limit: str = Field(default="", max_length=200)
-    # 0: no budget of its own (the global budget still applies).
-    monthly_budget_usd_micros: int = 0
+    # 0: no budget of its own (the global budget still applies). 64-bit: micro-dollars.
+    monthly_budget_usd_micros: int = Field(default=0, sa_type=BigInteger)
     # Over budget: refuse calls (True) or let model steps fall back to the rules (False).
     refuse_over_budget: bool = False
     created_at: datetime = Field(sa_type=DateTime(timezone=True))
@@ -108,7 +108,7 @@ class UsageTotal(SQLModel, table=True):
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    usd_micros: int = 0
+    usd_micros: int = Field(default=0, sa_type=BigInteger)
 
 
 class StoredCase(SQLModel, table=True):
@@ -123,3 +123,40 @@ class StoredCase(SQLModel, table=True):
     key_fingerprint: str = Field(max_length=16)
     nonce: bytes
     ciphertext: bytes
+
+
+class BudgetMonth(SQLModel, table=True):
+    """One budget in one calendar month (UTC): what it has spent and what calls in flight hold.
+
+    The global budget's row has key_id "". Reservations and settlements change
+    these counters with conditional UPDATEs, so every process and replica
+    checks and holds against the same numbers atomically.
+    """
+
+    __tablename__ = "budget_months"
+
+    month: date = Field(primary_key=True)  # its first day
+    key_id: str = Field(primary_key=True, max_length=64)
+    # 64-bit: a budget above 2,147 USD would overflow PostgreSQL's INTEGER in micro-dollars.
+    spent_usd_micros: int = Field(default=0, sa_type=BigInteger)
+    reserved_usd_micros: int = Field(default=0, sa_type=BigInteger)
+    # The highest alert threshold (50, 80, 100 %) logged, so that each is logged once, by one process.
+    alerted_percent: int = 0
+
+
+class BudgetHold(SQLModel, table=True):
+    """One model call's worst case, held in its month's counters until it settles or its lease ends.
+
+    A process killed mid-call never settles; once `expires_at` has passed,
+    any process releases the hold, so a dead worker's reservations do not
+    shrink the budget for the rest of the month.
+    """
+
+    __tablename__ = "budget_holds"
+
+    hold_id: str = Field(primary_key=True, max_length=26)
+    month: date
+    # The key whose own counters it is also held in; "" for none (only the global budget).
+    key_id: str = Field(default="", max_length=64)
+    usd_micros: int = Field(sa_type=BigInteger)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)

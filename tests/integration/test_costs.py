@@ -12,6 +12,7 @@ from grpc import aio
 from server.app import TriageServer
 from server.calls import Role
 from server.config import ProviderSettings, Settings
+from server.store.database import open_database
 from tests.conftest import issue_test_key
 from tests.fake_llm import FakeLLM, Reply
 from tests.integration.test_model_backends import HEADACHE, MODEL, route
@@ -107,6 +108,22 @@ async def test_a_spent_budget_sends_model_steps_back_to_the_rules(client: AsyncT
     [fallback] = [f for f in second.findings if f.code == "model.fallback"]
     assert "global budget is spent" in fallback.text
     assert second.cost.usd_micros == 0
+
+
+async def test_a_budget_that_cannot_be_checked_sends_model_steps_back_to_the_rules(
+    client: AsyncTriageClient, server: TriageServer, fake_llm: FakeLLM
+) -> None:
+    await route(client, "high_risk", admin_service_pb2.STRATEGY_MOST_URGENT)
+    engine = open_database(server.settings.database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE budget_holds")  # every reservation now fails
+    engine.dispose()
+
+    classification = await client.classify(HEADACHE)
+
+    [fallback] = [f for f in classification.findings if f.code == "model.fallback"]
+    assert "the budget could not be checked" in fallback.text
+    assert (classification.cost.usd_micros, fake_llm.asked("high_risk")) == (0, [])
 
 
 async def test_a_key_can_choose_to_be_refused_when_over_budget(client: AsyncTriageClient, server: TriageServer) -> None:

@@ -1,0 +1,197 @@
+"""The shared budget store on SQLite and PostgreSQL: atomic holds, settlements, leases, months, alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from server.budgets import Budgets, OverBudget
+from server.calls import LedgerEntry, Principal, Role
+from server.ids import new_id
+from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
+from server.store.budgets import GLOBAL, BudgetStore, Counters, Hold, NoRoom
+from server.store.database import open_database
+from server.store.usage import UsageStore
+from tests.support import migrated_sqlite
+
+NOVEMBER = date(2026, 11, 1)
+DECEMBER = date(2026, 12, 1)
+LATER = datetime.now(UTC) + timedelta(minutes=5)
+EARLIER = datetime.now(UTC) - timedelta(seconds=1)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return migrated_sqlite(tmp_path / "budgets.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def engines(database_url: str) -> Iterator[list[Engine]]:
+    """Four engines on one database, each with its own connections, as four processes would have."""
+    made = [open_database(database_url) for _ in range(4)]
+    yield made
+    for engine in made:
+        engine.dispose()
+
+
+@pytest.fixture
+def store(engines: list[Engine]) -> BudgetStore:
+    return BudgetStore(engines[0])
+
+
+def hold(usd_micros: int, key_id: str = "", month: date = NOVEMBER) -> Hold:
+    return Hold(new_id(), month, key_id, usd_micros)
+
+
+def try_reserve(store: BudgetStore, held: Hold, *, limit: int, key_limit: int | None = None) -> str:
+    """ "ok", or the scope that had no room."""
+    try:
+        store.reserve(held, LATER, global_limit=limit, key_limit=key_limit)
+    except NoRoom as no_room:
+        return no_room.scope
+    return "ok"
+
+
+def test_concurrent_holds_from_many_processes_never_exceed_the_limit(engines: list[Engine]) -> None:
+    stores = [BudgetStore(engine) for engine in engines]
+    # 200 holds of 300 at once against 10,000: exactly 33 fit, whoever asks.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(lambda i: try_reserve(stores[i % 4], hold(300), limit=10_000), range(200)))
+
+    assert outcomes.count("ok") == 33
+    assert outcomes.count("global") == 167
+    assert stores[1].counters(NOVEMBER)[GLOBAL] == Counters(0, 33 * 300, 0)
+
+
+def test_concurrent_holds_on_one_key_never_exceed_its_limit(engines: list[Engine]) -> None:
+    stores = [BudgetStore(engine) for engine in engines]
+
+    def reserve(i: int) -> str:
+        key_id = "limited" if i % 2 else "other"
+        return try_reserve(stores[i % 4], hold(300, key_id), limit=1_000_000, key_limit=3_000 if i % 2 else None)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(reserve, range(100)))
+
+    assert outcomes[1::2].count("ok") == 10
+    assert outcomes[1::2].count("key") == 40
+    assert outcomes[0::2] == ["ok"] * 50  # the other key has no budget of its own
+    counters = stores[0].counters(NOVEMBER)
+    assert (counters["limited"].reserved_usd_micros, counters["other"].reserved_usd_micros) == (3_000, 15_000)
+    assert counters[GLOBAL].reserved_usd_micros == 18_000
+
+
+def test_a_refused_hold_changes_nothing(store: BudgetStore) -> None:
+    assert try_reserve(store, hold(600, "k"), limit=1_000, key_limit=700) == "ok"
+    # Fits the global budget, not the key's: neither is charged.
+    assert try_reserve(store, hold(300, "k"), limit=1_000, key_limit=700) == "key"
+    # Fits the key's budget, not the global one: the key's hold is undone with it.
+    assert try_reserve(store, hold(500, "k"), limit=1_000, key_limit=2_000) == "global"
+    counters = store.counters(NOVEMBER)
+    assert counters["k"].reserved_usd_micros == counters[GLOBAL].reserved_usd_micros == 600
+
+
+def test_settling_releases_the_hold_and_counts_the_actual_cost(store: BudgetStore) -> None:
+    first = hold(300, "k")
+    store.reserve(first, LATER, global_limit=500, key_limit=None)
+    assert try_reserve(store, hold(300, "k"), limit=500) == "global"
+
+    after = store.settle(first, 140)
+
+    assert after == {"k": Counters(140, 0, 0), GLOBAL: Counters(140, 0, 0)}
+    assert try_reserve(store, hold(300, "k"), limit=500) == "ok"  # 140 + 300 fits 500
+    assert try_reserve(store, hold(100, "k"), limit=500) == "global"
+
+
+def test_the_holds_of_a_dead_process_are_released_when_their_lease_ends(engines: list[Engine]) -> None:
+    dead, alive = BudgetStore(engines[0]), BudgetStore(engines[1])
+    orphan = hold(400, "k")
+    dead.reserve(orphan, EARLIER, global_limit=500, key_limit=None)  # its lease has already ended
+    live = hold(100, "k")
+    alive.reserve(live, LATER, global_limit=500, key_limit=None)
+
+    assert alive.release_expired(datetime.now(UTC)) == 1
+    assert alive.release_expired(datetime.now(UTC)) == 0
+    assert alive.counters(NOVEMBER)[GLOBAL] == Counters(0, 100, 0)
+    # A settlement after its lease was released counts the cost but frees nothing twice.
+    assert dead.settle(orphan, 200)[GLOBAL] == Counters(200, 100, 0)
+    assert alive.settle(live, 50)["k"] == Counters(250, 0, 0)
+
+
+def test_each_month_has_its_own_counters(store: BudgetStore) -> None:
+    november = hold(400, month=NOVEMBER)
+    store.reserve(november, LATER, global_limit=500, key_limit=None)
+    # A new month starts from nothing, while November's call is still in flight.
+    assert try_reserve(store, hold(500, month=DECEMBER), limit=500) == "ok"
+    # The November call settles into November, where it reserved.
+    store.settle(november, 300)
+    assert store.counters(NOVEMBER)[GLOBAL] == Counters(300, 0, 0)
+    assert store.counters(DECEMBER)[GLOBAL] == Counters(0, 500, 0)
+
+
+def test_a_months_first_hold_starts_from_the_usage_already_totalled(engines: list[Engine]) -> None:
+    """An upgrade mid-month: what was spent before the budget tables existed still counts."""
+    usage = UsageStore(engines[0])
+    usage.add("k", NOVEMBER + timedelta(days=3), [LedgerEntry(2, "m", 10, 1, 9_000)])
+    usage.add("j", NOVEMBER + timedelta(days=4), [LedgerEntry(2, "m", 10, 1, 500)])
+    usage.add("k", NOVEMBER - timedelta(days=1), [LedgerEntry(2, "m", 10, 1, 7_000)])  # October
+    store = BudgetStore(engines[1])
+
+    assert try_reserve(store, hold(600, "k"), limit=10_000) == "global"  # 9,500 + 600
+    assert try_reserve(store, hold(400, "k"), limit=10_000, key_limit=9_300) == "key"  # 9,000 + 400
+    assert store.counters(NOVEMBER)["k"].spent_usd_micros == 9_000
+
+
+def test_each_alert_threshold_is_marked_once(engines: list[Engine]) -> None:
+    stores = [BudgetStore(engine) for engine in engines]
+    stores[0].reserve(hold(10), LATER, global_limit=100, key_limit=None)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        marked = list(pool.map(lambda s: s.mark_alerted(NOVEMBER, GLOBAL, 50), stores))
+
+    assert marked.count(True) == 1
+    assert stores[0].mark_alerted(NOVEMBER, GLOBAL, 80)
+    assert not stores[1].mark_alerted(NOVEMBER, GLOBAL, 50)
+
+
+async def test_two_processes_log_each_global_alert_once(
+    engines: list[Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="triage.budgets")
+    config = default_config(danger_zone_policy="up_triage", rate_limits={}, global_monthly_budget_usd_micros=1_000)
+    processes = []
+    for engine in engines[:2]:
+        configs = RuntimeConfigs(ConfigStore(engine), config)
+        await configs.start()
+        await configs.stop()  # the defaults are all it needs
+        processes.append(Budgets(BudgetStore(engine), configs))
+    principal = Principal(subject="k", role=Role.SERVICE, key_id="k")
+
+    reservations = [await processes[i % 2].reserve(principal, 100, seconds=1) for i in range(10)]
+    with pytest.raises(OverBudget):
+        await processes[0].reserve(principal, 100, seconds=1)
+    await asyncio.gather(*(processes[i % 2].settle(r, 90, principal) for i, r in enumerate(reservations)))
+    for budgets in processes:
+        await budgets.refresh()
+
+    alerts = [r.fields["percent"] for r in caplog.records if r.getMessage() == "budget alert"]  # type: ignore[attr-defined]
+    assert sorted(alerts) == [50, 80]  # 900 of 1,000: each once over both processes
+
+
+def test_budgets_of_thousands_of_dollars_fit(store: BudgetStore) -> None:
+    """Micro-dollars above 2^31 (2,147 USD), which a 32-bit column would not hold."""
+    big = hold(3_000_000_000, "k")
+    store.reserve(big, LATER, global_limit=5_000_000_000, key_limit=4_000_000_000)
+    assert try_reserve(store, hold(1_500_000_000, "k"), limit=5_000_000_000) == "ok"
+    assert try_reserve(store, hold(600_000_000, "k"), limit=5_000_000_000) == "global"
+    assert store.settle(big, 2_900_000_000)[GLOBAL] == Counters(2_900_000_000, 1_500_000_000, 0)
