@@ -83,6 +83,19 @@ def test_the_shipped_model_loads_and_names_the_data_it_was_trained_on() -> None:
     assert 0.34 < metrics["resources"]["test"]["accuracy"] <= 1
 
 
+def test_a_concept_too_rare_in_training_gets_no_weight() -> None:
+    # A rare concept's weight would mostly carry the other reasons it came with.
+    shipped = model()
+    training = shipped.metadata["training"]
+    least = training["min_concept_count"]
+    assert least >= training["min_count"]
+    weighted = set(shipped.critical.weights) | set(shipped.resources.weights)
+    concepts = {f for f in weighted if f.startswith("concept:")}
+    assert concepts
+    assert all(training["feature_counts"][f] >= least for f in concepts)
+    assert "concept:sunburn" not in weighted
+
+
 def test_the_high_risk_threshold_comes_from_the_table_of_training_shares() -> None:
     shipped = model()
     assert sorted(shipped.thresholds) == [round(0.02 + 0.01 * i, 2) for i in range(29)]
