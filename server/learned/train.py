@@ -54,8 +54,8 @@ Choices:
   the test metrics, `resources_used_accuracy`).
 - Visits are unweighted (no `patwt`): the model estimates a visit's risk, not
   a national total.
-- Features seen in fewer than `--min-count` (10) training visits (a concept:
-  MIN_CONCEPT_COUNT, 20) are left out. Tried and left out because they did
+- Features seen in fewer than `--min-count` (10) training visits (a concept,
+  in the resource model: MIN_RESOURCE_CONCEPT_COUNT, 20) are left out. Tried and left out because they did
   not clearly help (cross-validated AUC within 0.002): the engine's vital-sign
   states, age >= 65 x concept interactions, the number of concepts, the rules
   engine's resource count.
@@ -100,12 +100,14 @@ RANDOM_STATE = 0
 FOLDS = 5
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_COUNT = 10
-# A concept needs more: most visits give several reasons, so a rare concept's
-# weight mostly carries the other reasons it came with (11 training visits
-# with "Sunburn, windburn", 10 of them beside other reasons, made sunburn two
-# or more resources). Chosen by cross-validated log loss of the resource model
-# on 2016-2018 (0.71630 at 20, 0.71634 at 10, 0.71649 at 30).
-MIN_CONCEPT_COUNT = 20
+# In the resource model a concept needs more: most visits give several
+# reasons, so a rare concept's weight there mostly carries the other reasons
+# it came with (11 training visits with "Sunburn, windburn", 10 of them beside
+# other reasons, made sunburn two or more resources). Chosen by cross-validated
+# log loss on 2016-2018: resources 0.71630 at 20, 0.71634 at 10, 0.71649 at
+# 30; the critical outcome is better at 10 (0.087082 against 0.087098 at 20),
+# so its rare concepts (an interfacility transfer) keep their weight.
+MIN_RESOURCE_CONCEPT_COUNT = 20
 HIGH_RISK_SHARE = 0.10
 SHARES = tuple(round(0.02 + 0.01 * i, 2) for i in range(29))  # 0.02 ... 0.30
 MAX_ITER = 5000
@@ -156,14 +158,17 @@ class TrainingRun:
     document: dict[str, Any]
     path: Path
     vocabulary: list[str]
+    # The resource model's features: the vocabulary less its rarer concepts.
+    resources_vocabulary: list[str]
     critical: Fitted
     resources: Fitted
     train: list[Example]
     test: list[Example]
     report: list[str] = field(default_factory=list)
 
-    def matrix(self, examples: Sequence[Example]) -> Any:
-        return _matrix(examples, {f: i for i, f in enumerate(self.vocabulary)})
+    def matrix(self, examples: Sequence[Example], vocabulary: Sequence[str] | None = None) -> Any:
+        """The examples as the critical model's input (or as that of the model with `vocabulary`)."""
+        return _matrix(examples, {f: i for i, f in enumerate(vocabulary or self.vocabulary)})
 
 
 def read_examples(
@@ -197,10 +202,8 @@ def _rows(path: Path, years: frozenset[int]) -> Iterator[dict[str, str]]:
 
 
 def vocabulary(examples: Iterable[Example], min_count: int) -> tuple[list[str], dict[str, int]]:
-    """The features seen in at least `min_count` visits (a concept: at least MIN_CONCEPT_COUNT too)."""
     counts = Counter(f for e in examples for f in e.features)
-    least = {CONCEPT: max(min_count, MIN_CONCEPT_COUNT)}
-    kept = sorted(f for f, n in counts.items() if n >= least.get(family(f), min_count))
+    kept = sorted(f for f, n in counts.items() if n >= min_count)
     return kept, {f: counts[f] for f in kept}
 
 
@@ -384,7 +387,12 @@ def run(
         index = {f: i for i, f in enumerate(vocab)}
         x_train, x_test = _matrix(train, index), _matrix(test, index)
         critical, critical_section = _critical_outcome(train, test, x_train, x_test, vocab, share, folds, grid)
-        resources, resources_section = _resources(train, test, x_train, x_test, vocab, folds, grid)
+        least = max(min_count, MIN_RESOURCE_CONCEPT_COUNT)
+        kept = [j for j, f in enumerate(vocab) if family(f) != CONCEPT or counts[f] >= least]
+        resources_vocab = [vocab[j] for j in kept]
+        resources, resources_section = _resources(
+            train, test, x_train[:, kept], x_test[:, kept], resources_vocab, folds, grid
+        )
     document: dict[str, Any] = {
         "format": FORMAT,
         "training": _training_section(data, limit, len(train), min_count, grid, engine.version, counts),
@@ -395,7 +403,7 @@ def run(
     path = output_dir / MODEL_FILE
     path.write_text(json.dumps(document, sort_keys=True, indent=1) + "\n")
     report = _report(document, len(train), len(test), len(vocab), path)
-    return TrainingRun(document, path, vocab, critical, resources, train, test, report)
+    return TrainingRun(document, path, vocab, resources_vocab, critical, resources, train, test, report)
 
 
 def _training_section(
@@ -418,7 +426,7 @@ def _training_section(
         "limit": limit,
         "visits": visits,
         "min_count": min_count,
-        "min_concept_count": max(min_count, MIN_CONCEPT_COUNT),
+        "min_resource_concept_count": max(min_count, MIN_RESOURCE_CONCEPT_COUNT),
         "random_state": RANDOM_STATE,
         "c_grid": list(grid),
         "tables_version": tables_version,
@@ -544,8 +552,8 @@ def _report(document: dict[str, Any], train: int, test: int, vocabulary: int, pa
     threshold = critical["high_risk_threshold"]
     return [
         f"read {train} training visits {NHAMCS_TRAINING_YEARS} and {test} test visits {NHAMCS_TEST_YEARS}",
-        f"features: {vocabulary} seen in >= {training['min_count']} training visits (a concept:"
-        f" >= {training['min_concept_count']}), {len(used)} with a weight",
+        f"features: {vocabulary} seen in >= {training['min_count']} training visits (a concept in the resource"
+        f" model: >= {training['min_resource_concept_count']}), {len(used)} with a weight",
         f"critical outcome: {critical['positives']} of {critical['n']} training visits;"
         f" C={cm['cross_validation']['c']}: cross-validated AUC {cm['cross_validation']['auc']}"
         f" (log loss {cm['cross_validation']['log_loss']}); test AUC {ct.get('auc')} on {ct['n']} visits"
