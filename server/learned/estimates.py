@@ -9,7 +9,8 @@ to serve):
   point B. The model also carries the probabilities above which each share of
   training visits fell (`thresholds`); the thresholds served are chosen from
   them in data/policy.toml;
-- `resources(facts)`: the probabilities of 0, 1 and 2 or more ESI resources,
+- `resources(facts)`: the probabilities of 0, 1 and 2 or more ESI resources
+  as triage anticipates them (what the hospital's level 5, 4 or 3 stood for),
   for decision point C. `count` is the most likely class unless the caller
   sets thresholds (`no_resources_at`, `two_or_more_at`), as the service does
   from data/policy.toml.

@@ -83,6 +83,21 @@ def test_the_shipped_model_loads_and_names_the_data_it_was_trained_on() -> None:
     assert 0.34 < metrics["resources"]["test"]["accuracy"] <= 1
 
 
+def test_a_concept_too_rare_in_training_gets_no_weight_in_the_resource_model() -> None:
+    # There a rare concept's weight would mostly carry the other reasons it came with.
+    shipped = model()
+    training = shipped.metadata["training"]
+    least = training["min_resource_concept_count"]
+    assert least > training["min_count"]
+    concepts = {f for f in shipped.resources.weights if f.startswith("concept:")}
+    assert concepts
+    assert all(training["feature_counts"][f] >= least for f in concepts)
+    assert "concept:sunburn" not in shipped.resources.weights
+    # The critical outcome keeps them.
+    rare = {f for f in shipped.critical.weights if f.startswith("concept:") and training["feature_counts"][f] < least}
+    assert rare
+
+
 def test_the_high_risk_threshold_comes_from_the_table_of_training_shares() -> None:
     shipped = model()
     assert sorted(shipped.thresholds) == [round(0.02 + 0.01 * i, 2) for i in range(29)]
@@ -234,9 +249,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_plain_python_equals_scikit_learn(trained: Any) -> None:
     exported = read_model(trained.path)
     examples = trained.train
-    x = trained.matrix(examples)
-    critical = trained.critical.estimator.predict_proba(x)
-    needed = trained.resources.estimator.predict_proba(x)
+    critical = trained.critical.estimator.predict_proba(trained.matrix(examples))
+    needed = trained.resources.estimator.predict_proba(trained.matrix(examples, trained.resources_vocabulary))
     assert len(examples) == LIMIT
     for row, example in enumerate(examples):
         ours = exported.critical.probabilities(example.features, as_trained=True)
