@@ -11,13 +11,17 @@ worst case is known (server/budgets.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
 from server.calls import CallState, current_call
+from server.errors import DATABASE_FAULTS
 from server.store.usage import UsageStore
+
+log = logging.getLogger("triage.cost")
 
 COST_TRAILER = "x-cost-usd"
 
@@ -53,5 +57,13 @@ class CostInterceptor(ServerInterceptor):
         call.trailers.append((COST_TRAILER, f"{usd_micros / 1_000_000:.6f}"))
         if call.ledger and call.principal is not None:
             write = asyncio.to_thread(self._usage.add, call.principal.account, datetime.now(UTC).date(), call.ledger)
-            # Shielded: a caller that cancels still gets what it used written down.
-            await asyncio.shield(write)
+            try:
+                # Shielded: a caller that cancels still gets what it used written down.
+                await asyncio.shield(write)
+            except DATABASE_FAULTS as error:
+                # The call's own outcome stands (its spending is already settled against the budgets);
+                # only the usage report misses it.
+                log.error(
+                    "usage not recorded: the database is unavailable",
+                    extra={"fields": {"error_type": type(error).__name__, "usd_micros": usd_micros}},
+                )

@@ -23,7 +23,15 @@ from grpc import aio
 from interceptors.base import Behaviour, Context, Deserializer, ServerInterceptor, call_through
 from server.calls import current_call
 from server.domain import DomainError
-from server.errors import Internal, InvalidArgument, ServiceError, field_violation, from_domain
+from server.errors import (
+    DATABASE_FAULTS,
+    Internal,
+    InvalidArgument,
+    ServiceError,
+    database_unavailable,
+    field_violation,
+    from_domain,
+)
 
 log = logging.getLogger("triage.errors")
 
@@ -78,6 +86,11 @@ class ErrorInterceptor(ServerInterceptor):
         if isinstance(error, DomainError):
             with contextlib.suppress(TypeError):  # one without a status is logged below as unexpected
                 error = from_domain(error)
+        if _is_database_fault(error):
+            log.warning(
+                "database unavailable", extra={"fields": {"method": method_name, "error_type": type(error).__name__}}
+            )
+            error = database_unavailable()
         if not isinstance(error, ServiceError):
             # Where it happened, not what it said: frames carry no values.
             where = traceback.extract_tb(error.__traceback__)[-1]
@@ -97,3 +110,8 @@ class ErrorInterceptor(ServerInterceptor):
         call = current_call()
         extra = (*call.response_metadata, *call.trailers) if call is not None else ()
         await context.abort(status.code, status.details, (*status.trailing_metadata, *extra))
+
+
+def _is_database_fault(error: BaseException) -> bool:
+    """SQLAlchemy's, or the driver's own (psycopg, sqlite3) when raised below SQLAlchemy."""
+    return isinstance(error, DATABASE_FAULTS) or type(error).__name__ in ("OperationalError", "InterfaceError")

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import ClassVar
 
 import grpc
+import sqlalchemy.exc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
@@ -134,3 +135,11 @@ def _duration(delta: timedelta) -> duration_pb2.Duration:
 def field_violation(field: str, description: str, reason: str) -> error_details_pb2.BadRequest.FieldViolation:
     """One entry of a BadRequest: the field's path, what is wrong, a machine reason."""
     return error_details_pb2.BadRequest.FieldViolation(field=field, description=description, reason=reason)
+
+
+# The database cannot be reached or written (stopped, restarting, locked): the caller may retry, elsewhere or later.
+DATABASE_FAULTS: tuple[type[Exception], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+
+
+def database_unavailable() -> Unavailable:
+    return Unavailable("the database is unavailable; retry shortly", retry_after=timedelta(seconds=1))

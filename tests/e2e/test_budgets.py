@@ -179,7 +179,7 @@ async def test_four_workers_together_spend_within_the_global_and_a_keys_budget(
 async def test_two_servers_sharing_postgresql_spend_within_the_global_and_a_keys_budget(
     tmp_path: Path,
     fake_llm: FakeLLM,
-    postgres_url: str,  # noqa: F811 - the fixture imported above
+    postgres_url: str,
 ) -> None:
     limited, other = _keys(postgres_url)
     servers = [await start_server(tmp_path, **_environment(fake_llm, postgres_url)) for _ in range(2)]
