@@ -49,7 +49,7 @@ async def route(client: AsyncTriageClient, step: str, strategy: Strategy) -> Non
     """Prices the fake model and routes `step` to it with `strategy`."""
     current = (await client.get_config()).config
     config = Config()
-    config.prices.extend([*current.prices, PRICE])
+    config.prices.extend([*(p for p in current.prices if p.backend != PRICE.backend), PRICE])
     getattr(config, step).CopyFrom(StepPolicy(backend=MODEL, strategy=strategy))
     await client.update_config(
         UpdateConfigRequest(
