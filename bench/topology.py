@@ -9,8 +9,8 @@ server. It checks, and prints, what callers are promised:
 - kill -9 of a replica under ghz load: callers see only UNAVAILABLE (retryable),
   the typed client's retries succeed, every acknowledged classification is in
   the audit, and the restarted replica serves again;
-- with TOPOLOGY_BUDGET=1 (or --budget): the global model budget holds across
-  replicas, spend <= budget + one call's worst-case reservation.
+- the global model budget holds across replicas: spend <= budget + one call's
+  worst-case reservation (--no-budget or TOPOLOGY_BUDGET=0 leaves it out).
 
 tests/e2e/test_topology.py runs a shorter version of the same in `make test`.
 """
@@ -276,8 +276,8 @@ def main() -> int:
     parser.add_argument(
         "--budget",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("TOPOLOGY_BUDGET", "") == "1",
-        help="also check the global budget across replicas (TOPOLOGY_BUDGET=1)",
+        default=os.environ.get("TOPOLOGY_BUDGET", "1") != "0",
+        help="check the global budget across replicas (default; TOPOLOGY_BUDGET=0 leaves it out)",
     )
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="triage-topology-"))

@@ -43,6 +43,8 @@ def configure_logging(level: str) -> None:
     # or headers (provider keys) at DEBUG, whatever our own level.
     for name in ("openai", "httpx", "httpcore", "httpx2", "httpcore2", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Alembic narrates every schema check at INFO (each worker checks at start); its warnings still show.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
