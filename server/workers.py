@@ -6,7 +6,12 @@ resolves to one port shared by all workers; it forwards SIGTERM/SIGINT to the
 workers and waits for their graceful shutdown. A worker that dies is logged
 and started again after a backoff (and counts itself in
 triage_worker_restarts_total); a worker whose supervisor dies, even by
-SIGKILL, gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and shuts down.
+SIGKILL, is killed by the kernel with it (PR_SET_PDEATHSIG): a supervisor
+that dies is the whole server dying, as in a container whose first process
+exits. Not a graceful drain: behind a proxy that mishandles the upstream's
+GOAWAY (nginx) a drain turns calls into CANCELLED, which no client may
+retry, where a dead connection is UNAVAILABLE, which every client retries;
+nothing acknowledged is lost either way (the audit record is durable first).
 
 Every process serving a port holds a shared lock on the port's lock file; a
 server starting on the port first takes it exclusively, so it refuses to
@@ -109,10 +114,10 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Asks the kernel for SIGTERM when the supervisor dies (Linux); exits if it is already gone."""
+    """Asks the kernel to kill this worker when the supervisor dies (Linux); exits if it is already gone."""
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     # The supervisor may have died before the request was made.
     if os.getppid() != parent_pid:
