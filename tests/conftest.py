@@ -88,6 +88,15 @@ def postgres_url(empty_postgres_url: str) -> str:
     return empty_postgres_url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, migrated database of each kind the store supports: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return migrated_sqlite(tmp_path / "store.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[TriageServer]:
     server = TriageServer(settings)

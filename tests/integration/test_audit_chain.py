@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from server.store import chain
 from server.store.audit import AuditLog
 from server.store.database import open_database
 from tests.integration.test_audit_store import _row
-from tests.support import migrated_sqlite
 
 SECRET = b"chain-test-secret"
 WRITERS = 2
@@ -31,14 +29,6 @@ class Written:
     engine: Engine
     # Classification ids by writer, in the order each wrote them.
     ids: list[list[str]]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated_sqlite(tmp_path / "audit.db")
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

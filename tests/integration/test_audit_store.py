@@ -44,14 +44,6 @@ def _row(**overrides: Any) -> AuditRecord:
     return dataclasses.replace(row, **overrides)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated_sqlite(tmp_path / "audit.db")
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 async def audit(database_url: str) -> AsyncIterator[AuditLog]:
     engine = await asyncio.to_thread(open_database, database_url)

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -19,20 +18,11 @@ from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
 from server.store.budgets import GLOBAL, BudgetStore, Counters, Hold, NoRoom
 from server.store.database import open_database
 from server.store.usage import UsageStore
-from tests.support import migrated_sqlite
 
 NOVEMBER = date(2026, 11, 1)
 DECEMBER = date(2026, 12, 1)
 LATER = datetime.now(UTC) + timedelta(minutes=5)
 EARLIER = datetime.now(UTC) - timedelta(seconds=1)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return migrated_sqlite(tmp_path / "budgets.db")
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
