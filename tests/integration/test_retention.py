@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,7 @@ def test_purge_deletes_what_is_past_retention_and_the_chain_still_verifies(engin
     assert (verified.records, verified.problems) == (8, [])
     with engine.connect() as connection:
         oldest = connection.execute(select(func.min(UsageTotal.day))).scalar_one()
-    assert oldest > date.today() - timedelta(days=400)
+    assert oldest > NOW.date() - timedelta(days=400)
 
     assert retention.purge(engine, RETENTION, NOW) == retention.Purged(0, 0, 0)
     assert chain.verify_database(engine, SECRET).problems == []
