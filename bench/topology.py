@@ -260,9 +260,10 @@ class Report:
         return all(c.passed for c in self.checks)
 
 
-# nginx's error-log line for a response whose upstream died after its headers were passed on: nginx
-# can then only reset the caller's stream, which gRPC reads as INTERNAL (not retryable, and not ours).
-_CUT_AFTER_HEADERS = "upstream prematurely closed connection while reading upstream,"
+# How nginx's error log ends a line about a response whose upstream died after its headers were passed on
+# (closed, or reset by the kill: "... while reading response header" is before them). nginx can then only
+# reset the caller's stream, which gRPC reads as INTERNAL (not retryable, and not ours).
+_CUT_AFTER_HEADERS = " while reading upstream,"
 
 
 def _cut_by_the_kill(topology: Topology) -> int:
