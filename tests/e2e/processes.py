@@ -52,12 +52,16 @@ def database_url(directory: Path) -> str:
     return f"sqlite:///{path}" if path.exists() else migrated_sqlite(path)
 
 
+# The server secret of every server these tests start.
+SECRET = "e2e-secret"
+
+
 def server_environment(directory: Path) -> dict[str, str]:
     """The environment of a server kept in `directory` (and of `triage-server keys` for it)."""
     return os.environ | {
         "TRIAGE_PORT": "0",
         "TRIAGE_DATABASE_URL": database_url(directory),
-        "TRIAGE_SECRET_KEY": "e2e-secret",
+        "TRIAGE_SECRET_KEY": SECRET,
     }
 
 
@@ -86,10 +90,16 @@ async def start_server(directory: Path, **env: str) -> ServerProcess:
     )
     assert process.stderr is not None
     log: list[dict[str, object]] = []
-    async with asyncio.timeout(30):
-        async for line in process.stderr:
-            entry = parse_line(line)
-            log.append(entry)
-            if entry.get("event") == "serving":
-                return ServerProcess(process, int(str(entry["port"])), log)
+    try:
+        async with asyncio.timeout(30):
+            async for line in process.stderr:
+                entry = parse_line(line)
+                log.append(entry)
+                if entry.get("event") == "serving":
+                    return ServerProcess(process, int(str(entry["port"])), log)
+    except TimeoutError:
+        # Not left behind serving (and holding its port) after the test has failed.
+        process.kill()
+        await process.wait()
+        raise
     raise RuntimeError(f"the server exited before serving: {log}")

@@ -24,7 +24,7 @@ from server.identity.api_keys import issue_key
 from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
-from tests.e2e.processes import ServerProcess, server_environment, start_server
+from tests.e2e.processes import SECRET, ServerProcess, start_server
 from tests.fake_llm import FakeLLM, Reply
 from tests.integration.test_model_backends import route
 from tests.support import make_case
@@ -58,10 +58,10 @@ def _environment(fake: FakeLLM, database_url: str) -> dict[str, str]:
 
 
 def _issue(database_url: str, role: Role, **options: Any) -> str:
-    """A key made in the servers' database, under the secret server_environment gives them."""
+    """A key made in the servers' database, under the secret the tests' servers share."""
     engine = open_database(database_url)
     try:
-        secret = server_environment(Path())["TRIAGE_SECRET_KEY"].encode()
+        secret = SECRET.encode()
         return issue_key(ApiKeyStore(engine), secret, name=f"e2e-{role.value}", role=role, **options).secret
     finally:
         engine.dispose()
