@@ -8,6 +8,7 @@ the error's type and is tried again at the next interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -27,8 +28,11 @@ class Refresher:
         self._task = asyncio.create_task(self._forever())
 
     async def stop(self) -> None:
+        """Stops refreshing; returns once a refresh under way has been cancelled."""
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _forever(self) -> None:
         while True:

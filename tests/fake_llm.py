@@ -78,7 +78,7 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 elif request.get("stream"):
                     self._stream(request, reply)
                 else:
-                    self._send(200, _completion(request, reply))
+                    self._send(200, completion(request, reply))
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up: as a real server, carry on
 
@@ -95,7 +95,7 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for event in _events(request, reply):
+            for event in events(request, reply):
                 time.sleep(reply.chunk_delay_seconds)
                 data = f"data: {event}\n\n".encode()
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -116,7 +116,7 @@ def _usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def _completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
+def completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -127,7 +127,7 @@ def _completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
     }
 
 
-def _events(request: dict[str, Any], reply: Reply) -> Iterator[str]:
+def events(request: dict[str, Any], reply: Reply) -> Iterator[str]:
     base = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",

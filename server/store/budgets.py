@@ -98,26 +98,51 @@ class BudgetStore:
                 self._open(hold.month, missing.key_id)
 
     def settle(self, hold: Hold, usd_micros: int) -> dict[str, Counters]:
-        """Releases `hold` (unless its lease was released already) and counts `usd_micros` spent in its month.
+        """Releases what is left of `hold` (unless its lease was released already) and counts `usd_micros` spent.
 
         Returns the counters after it, by key_id (the global budget's is "").
         """
+        return self._release(hold, usd_micros)
+
+    def _release(self, hold: Hold, usd_micros: int, *, expired_before: datetime | None = None) -> dict[str, Counters]:
+        """Deletes the hold (if it is still there, and its lease ended before `expired_before` when given)."""
+        release = delete(_HOLDS).where(_HOLDS.c.hold_id == hold.hold_id)
+        if expired_before is not None:
+            # Not one whose process renewed its lease since it was found expired.
+            release = release.where(_HOLDS.c.expires_at < expired_before)
         with self._transaction() as connection:
-            released = connection.execute(delete(_HOLDS).where(_HOLDS.c.hold_id == hold.hold_id)).rowcount
-            freed = hold.usd_micros if released else 0
-            after: dict[str, Counters] = {}
-            for key_id in (hold.key_id, GLOBAL) if hold.key_id else (GLOBAL,):
-                update = (
-                    _row(_MONTHS.update(), hold.month, key_id)
-                    .values(
-                        spent_usd_micros=_MONTHS.c.spent_usd_micros + usd_micros,
-                        reserved_usd_micros=_MONTHS.c.reserved_usd_micros - freed,
-                    )
-                    .returning(_MONTHS.c.spent_usd_micros, _MONTHS.c.reserved_usd_micros, _MONTHS.c.alerted_percent)
+            released = connection.execute(release.returning(_HOLDS.c.usd_micros)).first()
+            return self._count(connection, hold, spent=usd_micros, freed=released[0] if released else 0)
+
+    def draw(self, hold: Hold, usd_micros: int, expires_at: datetime) -> tuple[dict[str, Counters], bool]:
+        """Counts `usd_micros` spent out of `hold`, which shrinks by as much and is leased until `expires_at`.
+
+        Returns the counters after it and whether the hold was still there. A
+        hold released meanwhile (its lease ran out) frees nothing: its amount
+        went back to the budgets when it was released.
+        """
+        with self._transaction() as connection:
+            drawn = connection.execute(
+                _HOLDS.update()
+                .where(_HOLDS.c.hold_id == hold.hold_id)
+                .values(usd_micros=_HOLDS.c.usd_micros - usd_micros, expires_at=expires_at)
+            ).rowcount
+            return self._count(connection, hold, spent=usd_micros, freed=usd_micros if drawn else 0), bool(drawn)
+
+    def _count(self, connection: Connection, hold: Hold, *, spent: int, freed: int) -> dict[str, Counters]:
+        """Moves `freed` out of the reserved amounts and adds `spent` to the spent ones, of the hold's budgets."""
+        after: dict[str, Counters] = {}
+        for key_id in (hold.key_id, GLOBAL) if hold.key_id else (GLOBAL,):
+            update = (
+                _row(_MONTHS.update(), hold.month, key_id)
+                .values(
+                    spent_usd_micros=_MONTHS.c.spent_usd_micros + spent,
+                    reserved_usd_micros=_MONTHS.c.reserved_usd_micros - freed,
                 )
-                row = connection.execute(update).one()
-                after[key_id] = Counters(*row)
-            return after
+                .returning(_MONTHS.c.spent_usd_micros, _MONTHS.c.reserved_usd_micros, _MONTHS.c.alerted_percent)
+            )
+            after[key_id] = Counters(*connection.execute(update).one())
+        return after
 
     def release_expired(self, now: datetime) -> int:
         """Releases holds whose lease ended before `now` (their process died mid-call); returns how many.
@@ -131,7 +156,7 @@ class BudgetStore:
         for hold in expired:
             # One transaction each, in the same lock order as a settlement; one that another
             # process released (or that settled) meanwhile frees nothing twice.
-            self.settle(hold, 0)
+            self._release(hold, 0, expired_before=now)
         return len(expired)
 
     def counters(self, month: date) -> dict[str, Counters]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from server.budgets import Budgets, OverBudget
+from server import budgets as budgets_module
+from server.budgets import Budgets, OverBudget, month_start
 from server.calls import LedgerEntry, Principal, Role
 from server.ids import new_id
 from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
@@ -20,6 +22,7 @@ from server.store.database import open_database
 from server.store.usage import UsageStore
 
 NOVEMBER = date(2026, 11, 1)
+THIS_MONTH = month_start(datetime.now(UTC).date())
 DECEMBER = date(2026, 12, 1)
 # A lease that cannot end during the test run, however long the suite takes to reach it.
 LATER = datetime.now(UTC) + timedelta(days=1)
@@ -117,6 +120,95 @@ def test_the_holds_of_a_dead_process_are_released_when_their_lease_ends(engines:
     # A settlement after its lease was released counts the cost but frees nothing twice.
     assert dead.settle(orphan, 200)[GLOBAL] == Counters(200, 100, 0)
     assert alive.settle(live, 50)["k"] == Counters(250, 0, 0)
+
+
+def test_drawing_on_a_hold_counts_the_spending_and_settling_frees_only_what_is_left(store: BudgetStore) -> None:
+    block = hold(1_000, "k")
+    store.reserve(block, LATER, global_limit=5_000, key_limit=None)
+
+    after, held = store.draw(block, 300, LATER)
+
+    assert held
+    assert after[GLOBAL] == after["k"] == Counters(300, 700, 0)
+    assert store.settle(block, 200)[GLOBAL] == Counters(500, 0, 0)  # frees the 500 left, not the 1,000 held
+
+
+def test_drawing_on_a_hold_released_meanwhile_counts_the_spending_and_frees_nothing(engines: list[Engine]) -> None:
+    stalled, other = BudgetStore(engines[0]), BudgetStore(engines[1])
+    block = hold(1_000, "k")
+    stalled.reserve(block, EARLIER, global_limit=5_000, key_limit=None)
+    assert other.release_expired(datetime.now(UTC)) == 1
+
+    after, held = stalled.draw(block, 300, LATER)
+
+    assert not held
+    assert after[GLOBAL] == Counters(300, 0, 0)
+
+
+def test_a_lease_renewed_after_it_was_found_expired_is_not_released(engines: list[Engine]) -> None:
+    store = BudgetStore(engines[0])
+    block = hold(1_000, "k")
+    store.reserve(block, EARLIER, global_limit=5_000, key_limit=None)
+    found_expired = datetime.now(UTC)
+    store.draw(block, 0, LATER)  # its process renews it
+
+    store._release(block, 0, expired_before=found_expired)
+
+    assert store.counters(NOVEMBER)[GLOBAL] == Counters(0, 1_000, 0)
+
+
+async def _budgets(engine: Engine, global_limit: int) -> Budgets:
+    config = default_config(
+        danger_zone_policy="up_triage", rate_limits={}, global_monthly_budget_usd_micros=global_limit
+    )
+    configs = RuntimeConfigs(ConfigStore(engine), config)
+    await configs.start()
+    await configs.stop()  # the defaults are all it needs
+    return Budgets(BudgetStore(engine), configs)
+
+
+async def test_calls_draw_on_one_block_held_in_the_store(engines: list[Engine]) -> None:
+    budgets = await _budgets(engines[0], 1_000_000)
+    principal = Principal(subject="k", role=Role.SERVICE, key_id="k")
+
+    reservations = await asyncio.gather(*(budgets.reserve(principal, 100, seconds=1) for _ in range(50)))
+
+    store = BudgetStore(engines[1])
+    assert store.counters(THIS_MONTH)[GLOBAL] == Counters(0, 6_400, 0)  # one block of 64 calls
+    for reservation in reservations:
+        await budgets.settle(reservation, 90, principal)
+    await budgets.refresh()  # writes back what the calls spent; the block stays for the next calls
+    assert store.counters(THIS_MONTH)[GLOBAL] == Counters(4_500, 1_900, 0)
+    await budgets.stop()  # gives the rest back
+    assert store.counters(THIS_MONTH)[GLOBAL] == Counters(4_500, 0, 0)
+
+
+async def test_processes_holding_blocks_together_spend_all_of_a_budget_and_never_more(
+    engines: list[Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks shrink near the end and idle ones come back: the whole budget is used, never more."""
+    monkeypatch.setattr(budgets_module, "BLOCK_IDLE_SECONDS", 0.0)  # every refresh gives back unused blocks
+    monkeypatch.setattr(budgets_module, "REFUSAL_SECONDS", 0.0)
+    limit = 100_000  # blocks of 1,562: ten calls each, until the end
+    processes = [await _budgets(engine, limit) for engine in engines]
+    principal = Principal(subject="k", role=Role.SERVICE, key_id="k")
+    spent = 0
+    for _ in range(20):
+        reservations = []
+        for i in range(200):
+            budgets = processes[i % len(processes)]
+            with contextlib.suppress(OverBudget):
+                reservations.append((budgets, await budgets.reserve(principal, 150, seconds=1)))
+        if not reservations:
+            break
+        for budgets, reservation in reservations:
+            await budgets.settle(reservation, 150, principal)  # the worst case, every time
+        spent += 150 * len(reservations)
+        for budgets in processes:
+            await budgets.refresh()
+
+    assert limit - 150 < spent <= limit
+    assert BudgetStore(engines[0]).counters(THIS_MONTH)[GLOBAL].spent_usd_micros == spent
 
 
 def test_each_month_has_its_own_counters(store: BudgetStore) -> None:
