@@ -19,10 +19,16 @@ from triage_client import AsyncTriageClient
 CASE = make_case("chest pain", "60y")
 
 
-async def triage_server(directory: Path, *args: str, **env: str) -> tuple[int, str]:
-    """Runs `triage-server ARGS` for the database in `directory`; (exit status, output)."""
+async def triage_server(directory: Path, *args: str, ring_file: bool = False, **env: str) -> tuple[int, str]:
+    """Runs `triage-server ARGS` for the database in `directory`; (exit status, output).
+
+    With `ring_file`, the server secret ring is the file in `directory`, not TRIAGE_SECRET_KEY.
+    """
+    environment = server_environment(directory) | env
+    if ring_file:
+        del environment["TRIAGE_SECRET_KEY"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", *args, cwd=directory, env=server_environment(directory) | env,
+        sys.executable, "-m", "server", *args, cwd=directory, env=environment,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await process.communicate()
@@ -166,3 +172,41 @@ async def test_both_rings_rotate_while_two_replicas_serve_and_everything_old_kee
     # Nobody calling noticed: the replica in use served every call through three rolling restarts.
     assert replicas.failures == []
     assert replicas.classified > 0
+
+
+async def test_the_secret_commands_rotate_the_ring_file_and_retire_only_what_nothing_needs(tmp_path: Path) -> None:
+    code, out = await triage_server(tmp_path, "keys", "create", "--name", "old", "--role", "service", ring_file=True)
+    assert code == 0, out
+    old_key = out.splitlines()[-1][4:30]
+    ring = tmp_path / "triage-secret.key"
+    old = secret_id(ring.read_text().strip().encode())  # generated on first use: one bare secret
+
+    code, out = await triage_server(tmp_path, "secret", "rotate", ring_file=True)
+    assert code == 0, out
+    new = out.split("added server secret ")[1].split()[0]
+    code, out = await triage_server(tmp_path, "secret", "activate", new, ring_file=True)
+    assert code == 0, out
+    code, out = await triage_server(tmp_path, "keys", "create", "--name", "new", "--role", "service", ring_file=True)
+    assert code == 0, out
+    assert query(tmp_path, "SELECT name, secret_key_id FROM api_keys ORDER BY key_id") == [("old", old), ("new", new)]
+
+    code, out = await triage_server(tmp_path, "secret", "retire", old, ring_file=True)
+    assert code == 1
+    assert "1 API keys are hashed under it and have not been used since it was active (each is rewritten" in out
+    assert old_key in out
+    code, out = await triage_server(tmp_path, "secret", "retire", new, ring_file=True)
+    assert (code, out.strip()) == (1, f"server secret {new} is the active one: activate another first")
+
+    assert (await triage_server(tmp_path, "keys", "revoke", old_key, ring_file=True))[0] == 0
+    code, out = await triage_server(tmp_path, "secret", "retire", old, ring_file=True)
+    assert code == 0, out
+    code, out = await triage_server(tmp_path, "secret", "status", ring_file=True)
+    assert out.splitlines()[1:] == [f"  {new}  active       1 API keys, 0 audit chains"]
+
+
+async def test_a_bad_ring_file_stops_the_start_with_one_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "triage-secret.key").write_text("active one\nactive two\n")
+    code, out = await triage_server(tmp_path, "serve", ring_file=True)
+
+    assert code == 2
+    assert out.strip() == "triage-server: triage-secret.key has 2 active secrets; exactly one must be active"
