@@ -19,12 +19,14 @@ from triage_client import AsyncTriageClient
 CASE = make_case("chest pain", "60y")
 
 
-async def triage_server(directory: Path, *args: str, ring_file: bool = False, **env: str) -> tuple[int, str]:
-    """Runs `triage-server ARGS` for the database in `directory`; (exit status, output).
+async def triage_server(
+    directory: Path, *args: str, ring_file: bool = False, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Runs `triage-server ARGS` for the database in `directory`, with `env` added; (exit status, output).
 
     With `ring_file`, the server secret ring is the file in `directory`, not TRIAGE_SECRET_KEY.
     """
-    environment = server_environment(directory) | env
+    environment = server_environment(directory) | (env or {})
     if ring_file:
         del environment["TRIAGE_SECRET_KEY"]
     process = await asyncio.create_subprocess_exec(
@@ -112,7 +114,11 @@ async def test_both_rings_rotate_while_two_replicas_serve_and_everything_old_kee
         )
         # 2. Activate them: the old ones only verify and decrypt.
         code, out = await triage_server(
-            tmp_path, "secret", "activate", secret_id(new_secret.encode()), TRIAGE_SECRET_KEYS_VERIFY_ONLY=new_secret
+            tmp_path,
+            "secret",
+            "activate",
+            secret_id(new_secret.encode()),
+            env={"TRIAGE_SECRET_KEYS_VERIFY_ONLY": new_secret},
         )
         assert code == 0, out
         rotated = {
@@ -147,18 +153,18 @@ async def test_both_rings_rotate_while_two_replicas_serve_and_everything_old_kee
         assert writers == {secret_id(SECRET.encode()), secret_id(new_secret.encode())}
 
         # Every chain, under either secret, verifies.
-        code, out = await triage_server(tmp_path, "audit", "verify", **rotated)
+        code, out = await triage_server(tmp_path, "audit", "verify", env=rotated)
         assert code == 0, out
         assert "every chained record verifies" in out
         # The old secret still verifies chains kept for years: retiring it is refused.
-        code, out = await triage_server(tmp_path, "secret", "retire", secret_id(SECRET.encode()), **rotated)
+        code, out = await triage_server(tmp_path, "secret", "retire", secret_id(SECRET.encode()), env=rotated)
         assert code == 1
         assert "audit chains are linked under it" in out
 
         # 3. The old encryption key can go once its cases are sealed under the new one.
-        code, out = await triage_server(tmp_path, "encryption-key", "reencrypt", **rotated)
+        code, out = await triage_server(tmp_path, "encryption-key", "reencrypt", env=rotated)
         assert code == 0, out
-        code, out = await triage_server(tmp_path, "encryption-key", "status", **rotated)
+        code, out = await triage_server(tmp_path, "encryption-key", "status", env=rotated)
         assert f"{fingerprint(base64.b64decode(old_encryption))}  decrypt-only  0 stored cases: can be removed" in out
         del rotated["TRIAGE_ENCRYPTION_KEYS_DECRYPT_ONLY"]
         await replicas.roll(**rotated)
