@@ -96,7 +96,7 @@ class ApiKeyAuthenticator:
         self._ring = ring
         self._keys: dict[str, ApiKeyRecord | None] = {}
         self._refresher = Refresher(self.reload, interval_seconds=reload_seconds, what="API keys")
-        # Keys whose hash this process is rewriting under the active secret, or has rewritten.
+        # Keys this process has rewritten (or is rewriting) under the active secret, or warned of: once each.
         self._rehashed: set[str] = set()
         self._rehashing: set[asyncio.Task[None]] = set()
 
