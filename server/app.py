@@ -27,7 +27,6 @@ from server.backends.registry import BackendRegistry, Provider
 from server.budgets import Budgets
 from server.cache import ResponseCache
 from server.calls import Role
-from server.case_vault import CaseVault, parse_key
 from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.identity.api_keys import ApiKeyAuthenticator
@@ -38,7 +37,7 @@ from server.rate_limits import RateLimiter
 from server.reflection import enable_reflection
 from server.refresh import Refresher
 from server.runtime_config import ConfigStore, RuntimeConfigs, default_config
-from server.secret import load_server_secret
+from server.secret import load_secret_ring
 from server.services.admin import AdminService
 from server.services.classifier import Classifier
 from server.services.classify import CLASSIFY_METHOD, ClassifyService
@@ -142,7 +141,9 @@ class TriageServer:
         engine = await asyncio.to_thread(open_database, settings.database_url)
         resources.callback(engine.dispose)
         await asyncio.to_thread(schema.require_current, engine)
-        secret = await asyncio.to_thread(load_server_secret, settings)
+        ring = await asyncio.to_thread(load_secret_ring, settings)
+        # This process keys everything new under the active secret; the ring's others only verify.
+        secret = ring.active
         audit = AuditLog(
             engine,
             secret,
@@ -197,10 +198,10 @@ class TriageServer:
             max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds, redis_url=settings.redis_url
         )
         resources.push_async_callback(cache.close)
-        vault = CaseVault(parse_key(settings.encryption_key.get_secret_value())) if settings.encryption_key else None
+        vault = settings.case_vault()
         classifier = Classifier(pipeline, audit, secret, configs, cache, vault)
         key_store = ApiKeyStore(engine)
-        api_keys = ApiKeyAuthenticator(key_store, secret, reload_seconds=settings.api_key_reload_seconds)
+        api_keys = ApiKeyAuthenticator(key_store, ring, reload_seconds=settings.api_key_reload_seconds)
         await api_keys.start()
         resources.push_async_callback(api_keys.stop)
         limiter = RateLimiter(settings.redis_url, on_degraded=self._rate_limit_storage_changed)
@@ -237,6 +238,9 @@ class TriageServer:
                     "tls": credentials is not None,
                     "mutual_tls": settings.tls_client_ca is not None,
                     "ruleset": pipeline.version,
+                    # Which keys this process writes with: a rotation's rollout is followed in these.
+                    "secret_key_id": ring.active_id,
+                    "encryption_key_fingerprint": vault.fingerprint if vault is not None else "",
                 }
             },
         )

@@ -9,11 +9,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from server import key_rings
 from server.calls import Role
 from server.config import Settings
 from server.identity.api_keys import issue_key, key_violations
 from server.logs import configure_logging
-from server.secret import load_server_secret
+from server.secret import KeyRingError, load_secret_ring
 from server.store import backup, chain, retention, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.backup import BackupError
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         "verify",
         help="name every audit record that was changed, removed, reordered or inserted; exit 1 if any",
         description="Recomputes the hash chain of the audit records in TRIAGE_DATABASE_URL with the server "
-        "secret. Exit 0: every record verifies; 1: the problems are listed, oldest first.",
+        "secret ring (each chain with the secret it was linked under). Exit 0: every record verifies; 1: the "
+        "problems are listed, oldest first.",
     )
     verify.add_argument(
         "--since", type=_timestamp, help="only records at or after this time (ISO 8601, such as 2026-11-01T00:00Z)"
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "restore", help="load a backup into TRIAGE_DATABASE_URL, which must be a new, empty database"
     )
     restore_parser.add_argument("source", type=Path, help="a file written by `triage-server backup`")
+    key_rings.add_parsers(commands)
     evaluate = add_evaluate_parser(commands)
     keys = commands.add_parser(
         "keys", help="manage API keys directly in TRIAGE_DATABASE_URL (bootstrap; or use `triage admin keys`)"
@@ -90,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             return verify_audit(args)
         if args.command == "purge":
             return purge_expired()
+        if args.command in ("secret", "encryption-key"):
+            return key_rings.run(args)
         if args.command == "serve":
             return serve()
-    except (SchemaNotCurrent, BackupError) as error:
+    except (SchemaNotCurrent, BackupError, KeyRingError) as error:
         print(f"triage-server: {error}", file=sys.stderr)
         return 2
     return run_evaluate(args, evaluate)
@@ -112,6 +117,8 @@ def serve() -> int:
         schema.require_current(engine)
     finally:
         engine.dispose()
+    # A bad ring file is one clear message here, not a traceback in each worker.
+    load_secret_ring(settings)
     from server.workers import run
 
     return run(settings)
@@ -135,7 +142,7 @@ def verify_audit(args: argparse.Namespace) -> int:
     engine = open_database(settings.database_url)
     try:
         schema.require_current(engine)
-        verified = chain.verify_database(engine, load_server_secret(settings), args.since)
+        verified = chain.verify_database(engine, load_secret_ring(settings), args.since)
     finally:
         engine.dispose()
     scope = f"recorded since {args.since.isoformat()}" if args.since else "in the log"
@@ -298,7 +305,7 @@ def manage_keys(args: argparse.Namespace) -> int:
             return 2
         issued = issue_key(
             store,
-            load_server_secret(settings),
+            load_secret_ring(settings).active,
             name=args.name,
             role=role,
             rate_limit=args.rate_limit,

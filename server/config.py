@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.calls import Role
-from server.case_vault import parse_key
+from server.case_vault import CaseVault, parse_key
 from server.rate_limits import parse_limits
+from server.secret import env_ring
 from server.store.retention import Retention
 
 
@@ -47,16 +48,29 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         default=None,
-        description="Server secret keying the audit hash of each case. Unset: read from secret_key_file, "
-        "or generated there on first start. Set it (same value) on every replica.",
+        description="The active server secret: keys API-key hashes, the audit chain and the hash of each case. "
+        "Unset: the ring is read from secret_key_file, or generated there on first start. Set it (same value) "
+        "on every replica.",
+    )
+    secret_keys_verify_only: SecretStr | None = Field(
+        default=None,
+        description="With secret_key: older (or next) server secrets, comma-separated, each exactly as it was "
+        "set: they verify API keys and audit chains but key nothing new (docs/runbooks/key-rotation.md).",
     )
     encryption_key: SecretStr | None = Field(
         default=None,
         description="32 random bytes, base64 (openssl rand -base64 32): store each case encrypted "
         "(AES-256-GCM) so that Explain can take a classification id. Unset: no case is stored.",
     )
+    encryption_keys_decrypt_only: SecretStr | None = Field(
+        default=None,
+        description="With encryption_key: older (or next) encryption keys, comma-separated base64: they open "
+        "the stored cases they sealed but seal nothing new (docs/runbooks/key-rotation.md).",
+    )
     secret_key_file: Path = Field(
-        default=Path("triage-secret.key"), description="Where the generated server secret is kept (mode 0600)."
+        default=Path("triage-secret.key"),
+        description="The server secret ring's file when secret_key is unset (mode 0600; generated on first start; "
+        "changed by `triage-server secret`).",
     )
     workers: int = Field(
         default=1,
@@ -217,6 +231,28 @@ class Settings(BaseSettings):
         if value is not None:
             parse_key(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _rings(self) -> Settings:
+        """Both key rings parse, so that a bad one stops the start with its variable named."""
+        if self.secret_keys_verify_only is not None and self.secret_key is None:
+            raise ValueError(
+                "TRIAGE_SECRET_KEYS_VERIFY_ONLY needs TRIAGE_SECRET_KEY (with the ring file, put them in the file)"
+            )
+        if self.secret_key is not None:
+            verify_only = self.secret_keys_verify_only
+            env_ring(self.secret_key.get_secret_value(), verify_only.get_secret_value() if verify_only else None)
+        if self.encryption_keys_decrypt_only is not None and self.encryption_key is None:
+            raise ValueError("TRIAGE_ENCRYPTION_KEYS_DECRYPT_ONLY needs TRIAGE_ENCRYPTION_KEY (the active key)")
+        self.case_vault()
+        return self
+
+    def case_vault(self) -> CaseVault | None:
+        """The encryption key ring; None when no case is to be stored."""
+        if self.encryption_key is None:
+            return None
+        others = self.encryption_keys_decrypt_only
+        return CaseVault.from_text(self.encryption_key.get_secret_value(), others.get_secret_value() if others else "")
 
     @field_validator("rate_limit_demo", "rate_limit_clinician", "rate_limit_service", "rate_limit_admin")
     @classmethod

@@ -46,7 +46,7 @@ from server import metrics
 from server.app import serve
 from server.config import Settings
 from server.logs import configure_logging
-from server.secret import load_server_secret
+from server.secret import load_secret_ring
 
 log = logging.getLogger("triage.workers")
 
@@ -150,7 +150,7 @@ def run(settings: Settings) -> int:
 def _supervise(settings: Settings) -> int:
     count = worker_count(settings)
     # Create the secret once, before the workers race for it.
-    load_server_secret(settings)
+    load_secret_ring(settings)
     context = multiprocessing.get_context("spawn")
     with contextlib.ExitStack() as resources:
         if settings.port:

@@ -17,7 +17,7 @@ from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
 from server.identity.api_keys import issue_key
-from server.secret import load_server_secret
+from server.secret import load_secret_ring
 from server.store import schema
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
@@ -114,7 +114,7 @@ async def keys(server: TriageServer) -> dict[Role, str]:
 async def issue_test_key(server: TriageServer, role: Role, **options: Any) -> str:
     engine = open_database(server.settings.database_url)
     try:
-        secret = load_server_secret(server.settings)
+        secret = load_secret_ring(server.settings).active
         store = ApiKeyStore(engine)
         issued = await asyncio.to_thread(issue_key, store, secret, name=f"test-{role.value}", role=role, **options)
     finally:

@@ -4,7 +4,9 @@ A key reads `tri_<key id>_<secret>`: the prefix lets secret scanners find
 leaked keys, the key id (a ULID) finds the record without revealing anything,
 and the secret is 256 random bits. The database holds only an HMAC-SHA256 of
 the whole key under the server secret, compared in constant time, so a copy
-of the database does not let anyone call the service.
+of the database does not let anyone call the service. Each hash names its
+secret's id: a key hashed under a verify-only secret of the ring still works,
+and is rewritten under the active secret the first time it does.
 
 Each process keeps the keys in memory and reloads them every few seconds, so
 a key revoked anywhere stops working everywhere within the reload interval,
@@ -29,6 +31,7 @@ from server.errors import field_violation
 from server.ids import new_id
 from server.rate_limits import rate_limit_problem
 from server.refresh import Refresher
+from server.secret import SecretRing, secret_id
 from server.store.api_keys import ApiKeyStore
 from server.store.models import ApiKeyRecord
 
@@ -67,6 +70,7 @@ def issue_key(
         name=name,
         role=role.value,
         secret_hmac_sha256=_digest(server_secret, secret),
+        secret_key_id=secret_id(server_secret),
         rate_limit=rate_limit,
         monthly_budget_usd_micros=monthly_budget_usd_micros,
         refuse_over_budget=refuse_over_budget,
@@ -87,17 +91,21 @@ def _digest(server_secret: bytes, key: str) -> str:
 class ApiKeyAuthenticator:
     """Turns a presented key into a Principal, or None for any fault at all."""
 
-    def __init__(self, store: ApiKeyStore, server_secret: bytes, *, reload_seconds: float) -> None:
+    def __init__(self, store: ApiKeyStore, ring: SecretRing, *, reload_seconds: float) -> None:
         self._store = store
-        self._secret = server_secret
+        self._ring = ring
         self._keys: dict[str, ApiKeyRecord | None] = {}
         self._refresher = Refresher(self.reload, interval_seconds=reload_seconds, what="API keys")
+        # Keys this process has rewritten (or is rewriting) under the active secret, or warned of: once each.
+        self._rehashed: set[str] = set()
+        self._rehashing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._refresher.start()
 
     async def stop(self) -> None:
         await self._refresher.stop()
+        await asyncio.gather(*self._rehashing)
 
     async def reload(self) -> None:
         records = await asyncio.to_thread(self._store.all)
@@ -119,9 +127,14 @@ class ApiKeyAuthenticator:
         record = self._keys[key_id]
         expected = record.secret_hmac_sha256 if record is not None else "0" * 64
         # The digest is computed and compared whether or not the id exists: one path, one timing.
-        matches = hmac.compare_digest(_digest(self._secret, key), expected)
-        if record is None or not matches or not _usable(record, datetime.now(UTC)):
+        secret_ids = self._secret_ids(record)
+        under = next(
+            (i for i in secret_ids if hmac.compare_digest(_digest(self._ring.get(i) or b"", key), expected)), None
+        )
+        if record is None or under is None or not _usable(record, datetime.now(UTC)):
             return None
+        if under != self._ring.active_id or record.secret_key_id != under:
+            self._rehash(record, key)
         return Principal(
             subject=f"key:{record.key_id}",
             role=Role(record.role),
@@ -130,6 +143,51 @@ class ApiKeyAuthenticator:
             monthly_budget_usd_micros=record.monthly_budget_usd_micros,
             refuse_over_budget=record.refuse_over_budget,
         )
+
+    def _secret_ids(self, record: ApiKeyRecord | None) -> list[str]:
+        """The ids of the secrets a key may be hashed under: its own, or any (a hash older than secret ids)."""
+        if record is None:
+            return [self._ring.active_id]
+        if record.secret_key_id == "":
+            return [key_id for key_id, _ in self._ring]
+        if self._ring.get(record.secret_key_id) is None and record.key_id not in self._rehashed:
+            # Retired, or activated elsewhere before this process knew it: the rollout order was not followed.
+            self._rehashed.add(record.key_id)  # logged once, and nothing to rewrite
+            log.warning(
+                "API key hashed under a server secret not in this process's ring",
+                extra={"fields": {"key_id": record.key_id, "secret_key_id": record.secret_key_id}},
+            )
+        return [record.secret_key_id]
+
+    def _rehash(self, record: ApiKeyRecord, key: str) -> None:
+        """Rewrites the key's hash under the active secret, off the event loop; the call does not wait for it."""
+        if record.key_id in self._rehashed:
+            return
+        self._rehashed.add(record.key_id)
+        task = asyncio.create_task(self._rewrite(record.key_id, record.secret_key_id, key))
+        self._rehashing.add(task)
+        task.add_done_callback(self._rehashing.discard)
+
+    async def _rewrite(self, key_id: str, from_secret_id: str, key: str) -> None:
+        active_id = self._ring.active_id
+        try:
+            digest = _digest(self._ring.active, key)
+            # Off the loop: a database write, whatever its latency.
+            await asyncio.to_thread(
+                self._store.rehash, key_id, from_secret_id=from_secret_id, digest=digest, to_secret_id=active_id
+            )
+            self._keys[key_id] = await asyncio.to_thread(self._store.get, key_id)
+        except Exception as error:  # noqa: BLE001 - the key still works under its old hash; tried again later
+            self._rehashed.discard(key_id)
+            log.warning(
+                "could not rewrite an API key's hash under the active server secret",
+                extra={"fields": {"key_id": key_id, "error_type": type(error).__name__}},
+            )
+        else:
+            log.info(
+                "API key rehashed under the active server secret",
+                extra={"fields": {"key_id": key_id, "from_secret_key_id": from_secret_id, "secret_key_id": active_id}},
+            )
 
 
 def _usable(record: ApiKeyRecord, now: datetime) -> bool:

@@ -91,11 +91,11 @@ class Classifier:
         )
         if stored is None or not allowed:
             raise NotFound(f"no stored case for classification {classification_id}")
-        opened = self._vault.open(classification_id, stored.nonce, stored.ciphertext)
+        opened = self._vault.open(stored.key_fingerprint, classification_id, stored.nonce, stored.ciphertext)
         if opened is None:
             raise FailedPrecondition(
                 f"the case of {classification_id} was sealed with another encryption key "
-                f"(fingerprint {stored.key_fingerprint}); it cannot be read with the current one"
+                f"(fingerprint {stored.key_fingerprint}), not in this server's ring; it cannot be read"
             )
         return case_pb2.TriageCase.FromString(opened)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from server.store.models import ApiKeyRecord
@@ -63,6 +63,18 @@ class ApiKeyStore:
                 session.add(record)
                 session.commit()
         return _utc(record)
+
+    def rehash(self, key_id: str, *, from_secret_id: str, digest: str, to_secret_id: str) -> bool:
+        """Replaces the key's hash made under `from_secret_id` with one under `to_secret_id`; False if it was not."""
+        with Session(self._engine) as session:
+            # Conditional: another process rewriting the same key at once changes it once.
+            result = session.exec(
+                update(ApiKeyRecord)
+                .where(col(ApiKeyRecord.key_id) == key_id, col(ApiKeyRecord.secret_key_id) == from_secret_id)
+                .values(secret_hmac_sha256=digest, secret_key_id=to_secret_id)
+            )
+            session.commit()
+        return bool(result.rowcount == 1)
 
 
 def _utc(record: ApiKeyRecord) -> ApiKeyRecord:

@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 
 from server.errors import Unavailable
 from server.ids import new_id
+from server.secret import secret_id
 from server.store import chain
 from server.store.models import AuditEvent, AuditWriter, StoredCase
 
@@ -123,13 +124,16 @@ class AuditLog:
         self._insert = _insert_statement(_TABLE.name, (*COLUMNS, *chain.CHAIN_COLUMNS), marker)
         self._checkpoint = (
             _insert_statement(
-                _WRITERS.name, ("writer_id", "last_seq", "last_link", "updated_at", "purged_seq", "purged_link"), marker
+                _WRITERS.name,
+                ("writer_id", "last_seq", "last_link", "updated_at", "purged_seq", "purged_link", "secret_key_id"),
+                marker,
             )
             + " ON CONFLICT (writer_id) DO UPDATE SET last_seq = excluded.last_seq,"
             " last_link = excluded.last_link, updated_at = excluded.updated_at"
         )
-        # This process's chain: touched only by the writer thread.
+        # This process's chain: touched only by the writer thread. Its secret's id goes in its checkpoint.
         self._secret = secret
+        self._secret_id = secret_id(secret)
         self._start_chain()
         # Stored (encrypted) cases go in the same transaction as their audit records.
         self._insert_case = _insert_statement(_CASES.name, CASE_COLUMNS, marker)
@@ -278,7 +282,8 @@ class AuditLog:
             link = chain.link(self._secret, link, self._writer_id, seq, content)
             rows.append((*values, self._writer_id, seq, link))
         now = datetime.now(UTC)
-        checkpoint = (self._writer_id, seq, link, now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now, 0, "")
+        updated_at = now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now
+        checkpoint = (self._writer_id, seq, link, updated_at, 0, "", self._secret_id)
         if self._connection is None:
             self._connection = self._engine.raw_connection()
         connection = self._connection

@@ -10,6 +10,8 @@ processes and replicas write concurrently without coordinating; each
 writer's last number and link are also kept in `audit_writers`, updated in
 the same transaction as its records, so that records removed from a chain's
 end are noticed too. Without the secret nobody can make a link that verifies.
+A writer links under its process's active secret, whose id its checkpoint
+records, so that chains verify across rotations of the secret (key ring).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, or_
 from sqlmodel import Session, col, select
 
+from server.secret import SecretRing
 from server.store.models import AuditEvent, AuditWriter
 
 # The columns a link covers: all but the chain's own.
@@ -84,17 +87,19 @@ class Verified:
 
 
 def verify(
-    secret: bytes,
+    ring: SecretRing,
     rows: Iterable[AuditEvent],
     checkpoints: Mapping[str, tuple[int, str]],
     anchors: Mapping[str, tuple[int, str]],
+    secret_ids: Mapping[str, str],
     *,
     ranged: bool = False,
 ) -> Verified:
     """Checks `rows`, ordered by writer and number, against their links and the writers' checkpoints.
 
     `anchors` gives, where a chain's checked part starts after its first record
-    (a range, or records purged), the number and link of the record before it.
+    (a range, or records purged), the number and link of the record before it;
+    `secret_ids` the id of the secret each writer linked under ("" if not recorded).
     """
     problems: list[Problem] = []
     records = unchained = 0
@@ -105,7 +110,15 @@ def verify(
             unchained += len(chain)
             continue
         seen.add(writer_id)
-        problems += _verify_chain(secret, writer_id, chain, anchors.get(writer_id), checkpoints.get(writer_id))
+        anchor = anchors.get(writer_id)
+        key_id = secret_ids.get(writer_id, ring.active_id)
+        secret = _legacy_secret(ring, writer_id, chain[0], anchor) if key_id == "" else ring.get(key_id)
+        if secret is None:
+            first = chain[0]
+            unknown = f"its chain is linked under server secret {key_id}, which is not in the key ring: add it back"
+            problems.append(Problem(first.classification_id, writer_id, first.writer_seq or 0, unknown))
+            continue
+        problems += _verify_chain(secret, writer_id, chain, anchor, checkpoints.get(writer_id))
     for writer_id, (last_seq, _) in checkpoints.items():
         start = anchors.get(writer_id, (0, ""))[0]
         if writer_id not in seen and last_seq > start and not ranged:
@@ -148,6 +161,19 @@ def _verify_chain(
     return problems
 
 
+def _legacy_secret(ring: SecretRing, writer_id: str, first: AuditEvent, anchor: tuple[int, str] | None) -> bytes:
+    """For a chain from before secret ids were recorded: the ring's secret that links its first record."""
+    for _, secret in ring:
+        expected_seq, previous = anchor if anchor is not None else (0, genesis(secret, writer_id))
+        values = (getattr(first, name) for name in CONTENT_COLUMNS)
+        if first.writer_seq == expected_seq + 1 and hmac.compare_digest(
+            first.chain_link or "", link(secret, previous, writer_id, expected_seq + 1, content(values))
+        ):
+            return secret
+    # None links it: verifying under the active secret names the record.
+    return ring.active
+
+
 def _by_writer(rows: Iterable[AuditEvent]) -> Iterator[tuple[str | None, list[AuditEvent]]]:
     current: list[AuditEvent] = []
     writer: str | None = None
@@ -161,11 +187,12 @@ def _by_writer(rows: Iterable[AuditEvent]) -> Iterator[tuple[str | None, list[Au
         yield writer, current
 
 
-def verify_database(engine: Engine, secret: bytes, since: datetime | None = None) -> Verified:
+def verify_database(engine: Engine, ring: SecretRing, since: datetime | None = None) -> Verified:
     """Verifies the audit records in the database: all of them, or those recorded at or after `since`."""
     with Session(engine) as session:
         writers = session.exec(select(AuditWriter)).all()
         checkpoints = {w.writer_id: (w.last_seq, w.last_link) for w in writers}
+        secret_ids = {w.writer_id: w.secret_key_id for w in writers}
         # Where retention purged a chain's start, verifying starts from the purged record's link.
         anchors = {w.writer_id: (w.purged_seq, w.purged_link) for w in writers if w.purged_seq > 0}
         query = select(AuditEvent).order_by(col(AuditEvent.writer_id), col(AuditEvent.writer_seq))
@@ -173,7 +200,7 @@ def verify_database(engine: Engine, secret: bytes, since: datetime | None = None
             query = query.where(col(AuditEvent.recorded_at) >= since)
             anchors |= _anchors(session, since)
         rows = session.exec(query.execution_options(yield_per=2_000))
-        verified = verify(secret, rows, checkpoints, anchors, ranged=since is not None)
+        verified = verify(ring, rows, checkpoints, anchors, secret_ids, ranged=since is not None)
     verified.problems.sort(key=lambda problem: (problem.classification_id, problem.writer_seq))
     return verified
 

@@ -59,6 +59,8 @@ class AuditWriter(SQLModel, table=True):
     # Retention purged this writer's records up to this number; its link is where verifying starts.
     purged_seq: int = 0
     purged_link: str = Field(default="", max_length=64)
+    # The id of the server secret its chain is linked under (server/secret.py); "" before revision 0004.
+    secret_key_id: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
 
 
 class ApiKeyRecord(SQLModel, table=True):
@@ -69,8 +71,9 @@ class ApiKeyRecord(SQLModel, table=True):
     key_id: str = Field(primary_key=True, max_length=26)
     name: str = Field(max_length=200)
     role: str = Field(max_length=16)
-    # HMAC-SHA256 of the whole key under the server secret, hex.
+    # HMAC-SHA256 of the whole key under the server secret `secret_key_id`, hex ("": before revision 0004).
     secret_hmac_sha256: str = Field(max_length=64)
+    secret_key_id: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
     # Limits such as "10/second;1000/hour"; empty: the role's default.
     rate_limit: str = Field(default="", max_length=200)
     # 0: no budget of its own (the global budget still applies). 64-bit: micro-dollars.

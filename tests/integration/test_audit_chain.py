@@ -14,12 +14,14 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from server.ids import new_id
+from server.secret import SecretRing
 from server.store import chain
 from server.store.audit import AuditLog
 from server.store.database import open_database
 from tests.integration.test_audit_store import _row
 
 SECRET = b"chain-test-secret"
+RING = SecretRing(SECRET)
 WRITERS = 2
 RECORDS_PER_WRITER = 30
 
@@ -64,17 +66,20 @@ def tamper(engine: Engine, statement: str, **values: Any) -> None:
 
 
 def problems(engine: Engine, since: datetime | None = None) -> list[tuple[str, str]]:
-    verified = chain.verify_database(engine, SECRET, since)
+    verified = chain.verify_database(engine, RING, since)
     return [(p.classification_id, p.what) for p in verified.problems]
 
 
 def test_an_untouched_log_verifies(written: Written) -> None:
-    verified = chain.verify_database(written.engine, SECRET)
+    verified = chain.verify_database(written.engine, RING)
     assert (verified.records, verified.writers, verified.problems) == (WRITERS * RECORDS_PER_WRITER, WRITERS, [])
 
 
-def test_with_another_secret_nothing_verifies(written: Written) -> None:
-    assert len(chain.verify_database(written.engine, b"not-the-secret").problems) >= WRITERS * RECORDS_PER_WRITER
+def test_with_another_secret_no_chain_verifies(written: Written) -> None:
+    verified = chain.verify_database(written.engine, SecretRing(b"not-the-secret"))
+    # Each chain names the secret it needs, which is not in this ring.
+    assert len(verified.problems) == WRITERS
+    assert all(f"server secret {RING.active_id}, which is not in the key ring" in p.what for p in verified.problems)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +162,7 @@ def test_a_range_is_verified_from_the_record_before_it(written: Written) -> None
     tamper(written.engine, "UPDATE audit_events SET esi_level = 1 WHERE classification_id = :id", id=written.ids[0][2])
 
     assert problems(written.engine, since) == []  # the change is before the range
-    verified = chain.verify_database(written.engine, SECRET, since)
+    verified = chain.verify_database(written.engine, RING, since)
     assert verified.records == WRITERS * (RECORDS_PER_WRITER - 20)
     assert [named for named, _ in problems(written.engine)] == [written.ids[0][2]]
 
@@ -180,7 +185,7 @@ async def test_postgresql_refuses_to_change_or_delete_audit_records(postgres_url
     try:
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
             connection.execute(text(statement))
-        assert chain.verify_database(engine, SECRET).problems == []
+        assert chain.verify_database(engine, RING).problems == []
     finally:
         engine.dispose()
 

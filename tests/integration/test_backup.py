@@ -11,7 +11,7 @@ import pytest
 from server.app import TriageServer
 from server.calls import Role
 from server.config import Settings
-from server.secret import load_server_secret
+from server.secret import load_secret_ring
 from server.store import backup, chain, schema
 from server.store.backup import BackupError
 from server.store.database import open_database
@@ -89,7 +89,7 @@ async def test_a_backup_taken_under_load_restores_into_a_fresh_server(
     assert len(ids) == back.audit_records
     engine = open_database(restored.database_url)
     try:
-        verified = chain.verify_database(engine, load_server_secret(restored))
+        verified = chain.verify_database(engine, load_secret_ring(restored))
     finally:
         engine.dispose()
     assert (verified.records, verified.problems) == (len(ids) + 1, [])

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from server.app import TriageServer
 from server.config import Settings
 from server.ids import new_id
+from server.secret import SecretRing
 from server.store import chain, retention
 from server.store.audit import AuditLog, SealedCase
 from server.store.database import open_database
@@ -24,6 +25,7 @@ from tests.integration.test_audit_store import _row
 from tests.support import migrated_sqlite
 
 SECRET = b"retention-test-secret"
+RING = SecretRing(SECRET)
 NOW = datetime.now(UTC)
 RETENTION = Retention(stored_case_days=30, usage_days=400, audit_days=7 * 365)
 # Ages of the records each writer wrote, oldest first, in days.
@@ -64,20 +66,20 @@ def test_purge_deletes_what_is_past_retention_and_the_chain_still_verifies(engin
     # Cases older than 30 days (3000 ... 31), usage before 400 days, audit records older than 7 years.
     assert purged == retention.Purged(stored_cases=2 * 5, usage_rows=2, audit_records=2 * 3)
     assert (_count(engine, StoredCase), _count(engine, UsageTotal), _count(engine, AuditEvent)) == (4, 2, 8)
-    verified = chain.verify_database(engine, SECRET)
+    verified = chain.verify_database(engine, RING)
     assert (verified.records, verified.problems) == (8, [])
     with engine.connect() as connection:
         oldest = connection.execute(select(func.min(UsageTotal.day))).scalar_one()
     assert oldest > NOW.date() - timedelta(days=400)
 
     assert retention.purge(engine, RETENTION, NOW) == retention.Purged(0, 0, 0)
-    assert chain.verify_database(engine, SECRET).problems == []
+    assert chain.verify_database(engine, RING).problems == []
 
 
 def test_a_chain_purged_whole_still_verifies(engine: Engine) -> None:
     retention.purge(engine, dataclasses.replace(RETENTION, audit_days=0), NOW + timedelta(days=1))
 
-    verified = chain.verify_database(engine, SECRET)
+    verified = chain.verify_database(engine, RING)
     assert (verified.records, verified.problems) == (0, [])
 
 

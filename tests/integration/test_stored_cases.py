@@ -95,8 +95,8 @@ def test_a_sealed_case_cannot_be_moved_to_another_record() -> None:
     vault = CaseVault(os.urandom(32))
     nonce, ciphertext = vault.seal("01ARZ3NDEKTSV4RRFFQ69G5FAV", b"case")
 
-    assert vault.open("01ARZ3NDEKTSV4RRFFQ69G5FAV", nonce, ciphertext) == b"case"
-    assert vault.open("01ARZ3NDEKTSV4RRFFQ69G5FAW", nonce, ciphertext) is None
+    assert vault.open(vault.fingerprint, "01ARZ3NDEKTSV4RRFFQ69G5FAV", nonce, ciphertext) == b"case"
+    assert vault.open(vault.fingerprint, "01ARZ3NDEKTSV4RRFFQ69G5FAW", nonce, ciphertext) is None
 
 
 @pytest.mark.parametrize("key", ["short", base64.b64encode(os.urandom(16)).decode(), "!!!"])
