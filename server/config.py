@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=0,
-        description="Server processes sharing the port (SO_REUSEPORT); 0 means one per CPU core.",
+        description="Server processes sharing the port (SO_REUSEPORT); 0 means one per CPU the container's "
+        "CPU limit allows.",
     )
     shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, description="On SIGTERM, how long in-flight calls may take to finish."

@@ -1,10 +1,11 @@
 """Several server processes on one port (SO_REUSEPORT), supervised by a parent.
 
 gRPC Python serves one core per process, so production runs one worker per
-core (TRIAGE_WORKERS=0). The parent reserves the port first, so that port 0
-resolves to one port shared by all workers; it forwards SIGTERM/SIGINT to the
-workers and waits for their graceful shutdown. A worker that dies is logged
-and started again after a backoff (and counts itself in
+CPU it may use (TRIAGE_WORKERS=0: the container's CPU limit, server/cpu_quota.py).
+The parent reserves the port first, so that port 0 resolves to one port shared
+by all workers; it forwards SIGTERM/SIGINT to the workers and waits for their
+graceful shutdown. A worker that dies is logged and started again after a
+backoff (and counts itself in
 triage_worker_restarts_total); a worker whose supervisor dies, even by
 SIGKILL, is killed by the kernel with it (PR_SET_PDEATHSIG): a supervisor
 that dies is the whole server dying, as in a container whose first process
@@ -45,6 +46,7 @@ from types import FrameType
 from server import metrics
 from server.app import serve
 from server.config import Settings
+from server.cpu_quota import available_cpus
 from server.logs import configure_logging
 from server.secret import load_secret_ring
 
@@ -62,7 +64,8 @@ class PortTaken(Exception):
 
 
 def worker_count(settings: Settings) -> int:
-    return settings.workers or os.cpu_count() or 1
+    """TRIAGE_WORKERS, or with 0 one per CPU the container's limit allows."""
+    return settings.workers or available_cpus()
 
 
 def lock_path(port: int) -> Path:
