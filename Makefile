@@ -11,7 +11,19 @@ GHZ := $(BIN)/ghz
 # and EVAL_ARGS passes more options (--dataset nhamcs-test --output json --config step.resources=...).
 EVAL_CSV ?=
 
-.PHONY: setup run test lint proto bench topology soak chaos eval train lock clean
+# The code generators of buf.gen.yaml (stubs for other languages), pinned, and installed into
+# .venv/bin by `make plugins` from the registries: the Go module proxy, Maven Central (protoc for
+# Java's messages, protoc-gen-grpc-java) and npm (clients/typescript/package-lock.json).
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTOC_VERSION := 4.36.2
+GRPC_JAVA_VERSION := 1.83.1
+MAVEN_CLASSIFIER := linux-$(shell uname -m | sed 's/aarch64/aarch_64/')
+GO_PLUGINS := $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
+# The contract as last released: `buf breaking` (make lint) allows only compatible changes from it.
+API_RELEASE := api-releases/v1.0.0.json
+
+.PHONY: setup run test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean
 
 setup: $(STAMP)
 
@@ -37,7 +49,7 @@ run: setup
 	@echo "  export TRIAGE_API_KEY=\$$(cat $(CURDIR)/$(DEV_KEY))"
 	$(BIN)/triage-server serve
 
-test: setup $(GHZ) lint
+test: setup $(GHZ) $(GO_PLUGINS) go-example lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
 
 lint: setup
@@ -46,9 +58,49 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against $(API_RELEASE)
 
 proto: setup
 	$(BIN)/python clients/python/gen_protos.py
+
+# `make stubs`: Go into clients/go (committed: Go code is fetched as source), Java into
+# clients/java/gen and TypeScript into clients/typescript/gen, each where its example builds it.
+stubs: plugins
+	rm -rf clients/go/triage clients/java/gen clients/typescript/gen
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/buf generate
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/buf generate --template clients/typescript/buf.gen.yaml
+
+plugins: $(GO_PLUGINS) $(BIN)/protoc $(BIN)/protoc-gen-grpc-java $(BIN)/protoc-gen-es
+
+$(BIN)/protoc-gen-go: | $(STAMP)
+	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(BIN)/protoc-gen-go-grpc: | $(STAMP)
+	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+$(BIN)/protoc: | $(STAMP)
+	mvn -q -B dependency:copy -Dartifact=com.google.protobuf:protoc:$(PROTOC_VERSION):exe:$(MAVEN_CLASSIFIER) \
+	  -DoutputDirectory=$(BIN)/.maven
+	install -m 755 $(BIN)/.maven/protoc-$(PROTOC_VERSION)-$(MAVEN_CLASSIFIER).exe $@
+
+$(BIN)/protoc-gen-grpc-java: | $(STAMP)
+	mvn -q -B dependency:copy -Dartifact=io.grpc:protoc-gen-grpc-java:$(GRPC_JAVA_VERSION):exe:$(MAVEN_CLASSIFIER) \
+	  -DoutputDirectory=$(BIN)/.maven
+	install -m 755 $(BIN)/.maven/protoc-gen-grpc-java-$(GRPC_JAVA_VERSION)-$(MAVEN_CLASSIFIER).exe $@
+
+$(BIN)/protoc-gen-es: clients/typescript/package-lock.json | $(STAMP)
+	npm ci --prefix clients/typescript --no-audit --no-fund
+	ln -sf ../../clients/typescript/node_modules/.bin/protoc-gen-es $@
+
+# Downloads the Go example's modules and compiles it once, so that its test
+# (tests/e2e/test_go_client.py) builds from Go's caches in seconds.
+go-example:
+	cd clients/go && go mod download && go build -o /dev/null ./...
+
+# Cuts an API release: `make api-release API_VERSION=v1.1.0`, then point API_RELEASE at it.
+api-release: setup
+	@test -n "$(API_VERSION)" || { echo "give the version: make api-release API_VERSION=v1.1.0"; exit 2; }
+	$(BIN)/buf build --exclude-source-info -o api-releases/$(API_VERSION).json
 
 bench: setup $(GHZ)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run

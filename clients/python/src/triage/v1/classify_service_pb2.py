@@ -26,13 +26,14 @@ from triage.v1 import case_pb2 as triage_dot_v1_dot_case__pb2
 from triage.v1 import classification_pb2 as triage_dot_v1_dot_classification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n triage/v1/classify_service.proto\x12\ttriage.v1\x1a\x14triage/v1/case.proto\x1a\x1etriage/v1/classification.proto\"6\n\x0f\x43lassifyRequest\x12#\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x15.triage.v1.TriageCase\"E\n\x10\x43lassifyResponse\x12\x31\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x19.triage.v1.Classification2V\n\x0f\x43lassifyService\x12\x43\n\x08\x43lassify\x12\x1a.triage.v1.ClassifyRequest\x1a\x1b.triage.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n triage/v1/classify_service.proto\x12\ttriage.v1\x1a\x14triage/v1/case.proto\x1a\x1etriage/v1/classification.proto\"6\n\x0f\x43lassifyRequest\x12#\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x15.triage.v1.TriageCase\"E\n\x10\x43lassifyResponse\x12\x31\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32\x19.triage.v1.Classification2V\n\x0f\x43lassifyService\x12\x43\n\x08\x43lassify\x12\x1a.triage.v1.ClassifyRequest\x1a\x1b.triage.v1.ClassifyResponseB\x94\x01\n\x15org.example.triage.v1B\x14\x43lassifyServiceProtoP\x01Z0example.com/triage/clients/go/triage/v1;triagev1\xa2\x02\x03TXX\xaa\x02\x11\x45xample.Triage.V1\xca\x02\tTriage\\V1\xea\x02\nTriage::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'triage.v1.classify_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\025org.example.triage.v1B\024ClassifyServiceProtoP\001Z0example.com/triage/clients/go/triage/v1;triagev1\242\002\003TXX\252\002\021Example.Triage.V1\312\002\tTriage\\V1\352\002\nTriage::V1'
   _globals['_CLASSIFYREQUEST']._serialized_start=101
   _globals['_CLASSIFYREQUEST']._serialized_end=155
   _globals['_CLASSIFYRESPONSE']._serialized_start=157
