@@ -11,7 +11,7 @@ GHZ := $(BIN)/ghz
 # and EVAL_ARGS passes more options (--dataset nhamcs-test --output json --config step.resources=...).
 EVAL_CSV ?=
 
-.PHONY: setup run test lint proto bench topology soak chaos eval train lock clean
+.PHONY: setup run test lint proto bench topology soak chaos eval train lock clean promtool
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 
 $(GHZ):
 	GOBIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+# promtool checks and unit-tests deploy/prometheus/ (tests/deploy): Debian's prometheus package
+# (no daemon is started); .ci/run installs it too.
+promtool:
+	@command -v promtool >/dev/null || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends prometheus; }
 
 # `make run` migrates the embedded database (a no-op when it is current) and keeps a local
 # admin key in .triage-dev-key (mode 0600), made once for the local database and secret,
@@ -37,7 +43,7 @@ run: setup
 	@echo "  export TRIAGE_API_KEY=\$$(cat $(CURDIR)/$(DEV_KEY))"
 	$(BIN)/triage-server serve
 
-test: setup $(GHZ) lint
+test: setup $(GHZ) promtool lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
 
 lint: setup

@@ -8,7 +8,12 @@ import shutil
 import pytest
 
 # The variable that makes each component compulsory (.ci/run sets them all).
-_REQUIRED_BY = {"ghz": "TEST_REQUIRE_GHZ", "redis-server": "TEST_REQUIRE_REDIS", "nginx": "TEST_REQUIRE_NGINX"}
+_REQUIRED_BY = {
+    "ghz": "TEST_REQUIRE_GHZ",
+    "redis-server": "TEST_REQUIRE_REDIS",
+    "nginx": "TEST_REQUIRE_NGINX",
+    "promtool": "TEST_REQUIRE_PROMTOOL",
+}
 
 
 def require(*tools: str, postgres: bool = False) -> None:
