@@ -23,7 +23,7 @@ GO_PLUGINS := $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 # The contract as last released: `buf breaking` (make lint) allows only compatible changes from it.
 API_RELEASE := api-releases/v1.0.0.json
 
-.PHONY: setup run test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean
+.PHONY: setup run test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean promtool
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 
 $(GHZ):
 	GOBIN=$(CURDIR)/$(BIN) GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+# promtool checks and unit-tests deploy/prometheus/ (tests/deploy): Debian's prometheus package
+# (no daemon is started); .ci/run installs it too.
+promtool:
+	@command -v promtool >/dev/null || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends prometheus; }
 
 # `make run` migrates the embedded database (a no-op when it is current) and keeps a local
 # admin key in .triage-dev-key (mode 0600), made once for the local database and secret,
@@ -49,7 +55,7 @@ run: setup
 	@echo "  export TRIAGE_API_KEY=\$$(cat $(CURDIR)/$(DEV_KEY))"
 	$(BIN)/triage-server serve
 
-test: setup $(GHZ) $(GO_PLUGINS) go-example lint
+test: setup $(GHZ) promtool $(GO_PLUGINS) go-example lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
 
 lint: setup

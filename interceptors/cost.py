@@ -3,9 +3,9 @@
 Model steps write each call they make into the call's ledger as it returns
 (advice.py); this interceptor, when the call ends however it ends (answered,
 failed, or cancelled by the caller mid-stream), adds the ledger to the usage
-totals per key, day, step and backend and reports the total as the
-`x-cost-usd` trailer. Budgets are checked before each model call, where the
-worst case is known (server/budgets.py).
+totals per key, day, step and backend, counts it in the model cost and
+token metrics, and reports the total as the `x-cost-usd` trailer. Budgets are
+checked before each model call, where the worst case is known (server/budgets.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
+from server import metrics
 from server.calls import CallState, current_call
 from server.errors import DATABASE_FAULTS
 from server.store.usage import UsageStore
@@ -54,6 +55,8 @@ class CostInterceptor(ServerInterceptor):
 
     async def _account(self, call: CallState) -> None:
         usd_micros = sum(entry.usd_micros for entry in call.ledger)
+        for entry in call.ledger:
+            metrics.model_used(entry.step, entry.backend, entry.input_tokens, entry.output_tokens, entry.usd_micros)
         call.trailers.append((COST_TRAILER, f"{usd_micros / 1_000_000:.6f}"))
         if call.ledger and call.principal is not None:
             write = asyncio.to_thread(self._usage.add, call.principal.account, datetime.now(UTC).date(), call.ledger)

@@ -3,8 +3,8 @@
 It opens the call's CallState, so everything inside can add to it, and
 reports what came out: method, status code, duration, key id, role and ESI
 level. Nothing of the request's content is read, so nothing of it can leak.
-Response metadata gathered by the inner interceptors (request id, rate-limit
-figures) goes out as response headers (initial metadata) before the first
+Response metadata gathered by the inner interceptors (request id, the
+server's version, rate-limit figures) goes out as response headers (initial metadata) before the first
 response; a call that fails has only trailers, and the error interceptor
 puts it there.
 """
@@ -22,13 +22,15 @@ import grpc
 from grpc import aio
 
 from interceptors.base import Behaviour, Context, ServerInterceptor, call_through
-from server import metrics
+from server import __version__, metrics
 from server.calls import CallState, begin_call
 from server.ids import new_id
 
 log = logging.getLogger("triage.access")
 
 REQUEST_ID_HEADER = "x-request-id"
+# The server's release on every response, health checks included (`grpcurl -v` shows it).
+VERSION_HEADER = "x-server-version"
 # A caller's own request id is kept when it is short and plain; otherwise we mint one.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 # Probes call these every few seconds; their lines would drown the rest.
@@ -46,7 +48,7 @@ class ObservabilityInterceptor(ServerInterceptor):
 
     async def intercept(self, method: Behaviour, request: Any, context: Context, method_name: str) -> Any:
         call = CallState(method=method_name, request_id=_request_id(context), peer=context.peer())
-        call.response_metadata.append((REQUEST_ID_HEADER, call.request_id))
+        call.response_metadata += [(REQUEST_ID_HEADER, call.request_id), (VERSION_HEADER, __version__)]
         begin_call(call)
         try:
             response = await call_through(method, request, context)

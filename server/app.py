@@ -138,6 +138,7 @@ class TriageServer:
         """Opens the store, starts serving, and returns the bound port."""
         settings = self.settings
         resources = self._resources
+        metrics.export_budget_per_key(settings.metrics_budget_per_key)
         engine = await asyncio.to_thread(open_database, settings.database_url)
         resources.callback(engine.dispose)
         await asyncio.to_thread(schema.require_current, engine)

@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port; unset: no metrics endpoint."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint.")
+    metrics_budget_per_key: bool = Field(
+        default=False,
+        description='Also export each key\'s model budget (triage_budget_*_usd{scope="key",key_id=...}): '
+        "a series per key with a budget, so off by default; the global budget is always exported.",
+    )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/gRPC collector (http://host:4317) to export traces to; unset: no tracing."
     )

@@ -2,7 +2,8 @@
 
 Log calls pass data only as `extra={"fields": {...}}` with ids, codes, levels
 and timings. Nothing here formats patient content, and callers must never put
-it in a message or a field.
+it in a message or a field. A line written inside a trace span (tracing on)
+carries the span's trace_id and span_id, to find the call's trace from its log.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,6 +29,10 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "event": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

@@ -171,6 +171,8 @@ def _supervise(settings: Settings) -> int:
         def start(slot: int, restart: bool) -> BaseProcess:
             worker = context.Process(target=_worker, args=(shared, os.getpid(), lock, restart), name=f"worker-{slot}")
             worker.start()
+            if worker.pid is not None:
+                metrics.worker_started(slot, worker.pid)
             return worker
 
         codes = _watch(count, port, start, settings.worker_restart_max_backoff_seconds)

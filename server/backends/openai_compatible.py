@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, Literal
 
 import openai
 from openai import AsyncOpenAI
@@ -34,10 +34,11 @@ _MIN_ATTEMPT_SECONDS = 0.05
 
 
 class ModelUnavailable(Exception):
-    """The model gave no answer: `reason` is timeout, error, circuit open, or budget."""
+    """The model gave no answer: `kind` says which way (for metrics), `reason` says it for people."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, kind: Literal["timeout", "error", "circuit_open"], reason: str) -> None:
         super().__init__(reason)
+        self.kind = kind
         self.reason = reason
 
 
@@ -114,12 +115,13 @@ class OpenAICompatibleBackend:
         except (TimeoutError, openai.OpenAIError) as error:
             self.breaker.failed(error)
             yield usage
-            raise ModelUnavailable("timeout or error while streaming") from None
+            kind: Literal["timeout", "error"] = "timeout" if isinstance(error, TimeoutError) else "error"
+            raise ModelUnavailable(kind, f"{kind} while streaming") from None
         yield usage
 
     async def _call(self, seconds: float, **request: Any) -> Any:
         if not self.breaker.allow():
-            raise ModelUnavailable("circuit open")
+            raise ModelUnavailable("circuit_open", "circuit open")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         retrying = AsyncRetrying(
@@ -144,10 +146,10 @@ class OpenAICompatibleBackend:
                         )
         except (TimeoutError, openai.APITimeoutError) as error:
             self.breaker.failed(error)
-            raise ModelUnavailable("timeout") from None
+            raise ModelUnavailable("timeout", "timeout") from None
         except openai.OpenAIError as error:
             self.breaker.failed(error)
-            raise ModelUnavailable(f"error ({type(error).__name__})") from None
+            raise ModelUnavailable("error", f"error ({type(error).__name__})") from None
         self.breaker.succeeded()
         return response
 

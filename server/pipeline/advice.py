@@ -20,9 +20,11 @@ inside the caller's deadline, and a finding or warning says so.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from server import metrics
 from server.backends.answers import NARRATIVE_PROMPT, describe_case
 from server.backends.openai_compatible import ModelUnavailable, Usage
 from server.backends.registry import BackendRegistry
@@ -91,25 +93,33 @@ class Advisor:
                 reservation = await self.budgets.reserve(principal, worst, seconds=self.seconds(context))
             except OverBudget as over:
                 if principal is not None and principal.refuse_over_budget:
+                    metrics.model_called(rules.step, backend.name, "refused_budget")
                     raise BudgetExhausted(
                         f"the {over.scope} model budget for this month is spent",
                         subject=principal.account if over.scope == "key" else "global",
                         description=f"{over.scope} monthly model budget",
                     ) from None
+                metrics.model_called(rules.step, backend.name, "over_budget")
                 return fallback(rules, backend.name, f"the {over.scope} budget is spent")
             except BudgetUnavailable:
+                metrics.model_called(rules.step, backend.name, "budget_unavailable")
                 return fallback(rules, backend.name, "the budget could not be checked")
         used = Cost(worst, input_at_most, backend.max_output_tokens)
+        outcome: metrics.ModelOutcome = "cancelled"
+        started = time.monotonic()
         try:
             reply = await backend.ask(question, case, seconds=self.seconds(context))
             usage = reply.usage
             used = Cost(
                 price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
             )
+            outcome = "ok" if reply.answer is not None else "invalid_answer"
         except ModelUnavailable as unavailable:
             used = Cost()  # no answer, no tokens billed
+            outcome = unavailable.kind
             return fallback(rules, backend.name, unavailable.reason)
         finally:
+            _called(rules.step, backend.name, outcome, started)
             if used != Cost():
                 context.ledger.append(
                     LedgerEntry(rules.step, backend.name, used.input_tokens, used.output_tokens, used.usd_micros)
@@ -148,17 +158,21 @@ class Advisor:
             try:
                 reservation = await self.budgets.reserve(principal, worst, seconds=self.seconds(context))
             except OverBudget as over:
+                metrics.model_called(STEP_NARRATIVE, name, "over_budget")
                 narration.warning = Warning(
                     "narrative_unavailable", "", f"no narrative: the {over.scope} budget is spent"
                 )
                 return
             except BudgetUnavailable:
+                metrics.model_called(STEP_NARRATIVE, name, "budget_unavailable")
                 narration.warning = Warning(
                     "narrative_unavailable", "", "no narrative: the budget could not be checked"
                 )
                 return
         received = 0
         usage: Usage | None = None
+        outcome: metrics.ModelOutcome = "cancelled"
+        started = time.monotonic()
         try:
             async for item in backend.narrate(case, summary, seconds=self.seconds(context)):
                 if isinstance(item, Usage):
@@ -166,9 +180,12 @@ class Advisor:
                 else:
                     received += len(item)
                     yield item
+            outcome = "ok"
         except ModelUnavailable as unavailable:
+            outcome = unavailable.kind
             narration.warning = Warning("narrative_unavailable", "", f"the narrative broke off ({unavailable.reason})")
         finally:
+            _called(STEP_NARRATIVE, name, outcome, started)
             if usage is None or usage == Usage():
                 # Cut short before the provider reported usage: count what was sent and received.
                 usage = Usage(input_at_most if received else 0, received // 3)
@@ -190,6 +207,11 @@ class Narration:
 
     cost: Cost = field(default_factory=Cost)
     warning: Warning | None = None
+
+
+def _called(step: int, backend: str, outcome: metrics.ModelOutcome, started: float) -> None:
+    """Counts a model step that got as far as the model; its time too unless its circuit kept it from calling."""
+    metrics.model_called(step, backend, outcome, None if outcome == "circuit_open" else time.monotonic() - started)
 
 
 def fallback(rules: StepResult, backend: str, reason: str) -> StepResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -29,6 +30,7 @@ from sqlalchemy import Engine, exc
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlmodel import Session, col, select
 
+from server import metrics
 from server.errors import Unavailable
 from server.ids import new_id
 from server.secret import secret_id
@@ -181,6 +183,7 @@ class AuditLog:
         if self._sqlite:
             values[_RECORDED_AT] = recorded_at.strftime(_SQLITE_TIMESTAMP)
         self._pending.append((tuple(values), content, case_values, future))
+        metrics.AUDIT_PENDING_RECORDS.inc()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -190,6 +193,7 @@ class AuditLog:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            metrics.AUDIT_PENDING_RECORDS.dec(len(batch))
             try:
                 await loop.run_in_executor(
                     self._writer,
@@ -198,6 +202,7 @@ class AuditLog:
                     [case for _, _, case, _ in batch if case is not None],
                 )
             except Exception as error:  # noqa: BLE001 - every waiter must hear of the failure
+                metrics.AUDIT_COMMIT_FAILURES.inc()
                 log.error(
                     "audit write failed",
                     extra={"fields": {"error_type": type(error).__name__, "records": len(batch)}},
@@ -284,6 +289,7 @@ class AuditLog:
         now = datetime.now(UTC)
         updated_at = now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now
         checkpoint = (self._writer_id, seq, link, updated_at, 0, "", self._secret_id)
+        started = time.perf_counter()
         if self._connection is None:
             self._connection = self._engine.raw_connection()
         connection = self._connection
@@ -306,6 +312,8 @@ class AuditLog:
         self._seq, self._link = seq, link
         self.commits += 1
         self.records_written += len(rows)
+        metrics.AUDIT_COMMIT_LATENCY.observe(time.perf_counter() - started)
+        metrics.AUDIT_BATCH_RECORDS.observe(len(rows))
 
     async def stored_case(self, classification_id: str) -> StoredCase | None:
         return await asyncio.to_thread(self._stored_case, classification_id)

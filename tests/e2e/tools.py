@@ -15,6 +15,7 @@ _REQUIRED_BY = {
     "go": "TEST_REQUIRE_GO",
     "protoc-gen-go": "TEST_REQUIRE_GO",
     "protoc-gen-go-grpc": "TEST_REQUIRE_GO",
+    "promtool": "TEST_REQUIRE_PROMTOOL",
 }
 
 
