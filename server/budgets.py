@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from server import metrics
 from server.calls import Principal
 from server.ids import new_id
 from server.refresh import Refresher
@@ -174,8 +175,7 @@ class Budgets:
         self._alerted = {mark: percent for mark, percent in self._alerted.items() if mark[0] >= month}
         counters = await asyncio.to_thread(self._store.counters, month)
         if GLOBAL in counters:
-            limit = self._configs.current.global_monthly_budget_usd_micros
-            await self._alert(month, GLOBAL, counters[GLOBAL], limit)
+            await self._counted(month, GLOBAL, counters[GLOBAL], self._configs.current.global_monthly_budget_usd_micros)
 
     async def _hold_block(
         self, budget: tuple[date, str], usd_micros: int, seconds: float, key_limit: int | None
@@ -248,10 +248,12 @@ class Budgets:
                 limits[hold.key_id] = block.key_limit
             for key_id, limit in limits.items():
                 if key_id in after:
-                    await self._alert(hold.month, key_id, after[key_id], limit)
+                    await self._counted(hold.month, key_id, after[key_id], limit)
 
-    async def _alert(self, month: date, key_id: str, counters: Counters, limit: int) -> None:
-        """Logs each threshold `counters` has crossed that no process has logged yet."""
+    async def _counted(self, month: date, key_id: str, counters: Counters, limit: int) -> None:
+        """Exports a budget's counters as just read, and logs each threshold they have crossed that no process has."""
+        if month == month_start(datetime.now(UTC).date()):
+            metrics.set_budget(key_id, limit, counters.spent_usd_micros)
         if limit <= 0:
             return
         known = max(self._alerted.get((month, key_id), 0), counters.alerted_percent)

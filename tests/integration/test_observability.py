@@ -335,11 +335,6 @@ def test_budgets_are_exported_globally_and_per_key_only_when_configured() -> Non
     assert _budget("key", "01JKEYNOLIMIT") == (None, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/budgets.py calls metrics.set_budget on the lead's branch (budget reservations in blocks); "
-    "once it does this passes: remove this mark",
-)
 async def test_a_model_calls_cost_shows_in_the_global_budget_remaining(settings: Settings, fake_llm: FakeLLM) -> None:
     server = TriageServer(
         settings.model_copy(

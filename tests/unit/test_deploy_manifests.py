@@ -339,9 +339,16 @@ def test_the_kits_deploy_the_version_of_both_packages() -> None:
     assert f"## [{version}] - " in (ROOT / "CHANGELOG.md").read_text()
 
 
+def test_both_kits_scrape_under_the_job_the_rules_select() -> None:
+    selected = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
+    [compose_job] = load(COMPOSE / "prometheus.yml")["scrape_configs"]
+    [endpoint] = k8s()["ServiceMonitor/triage-server"]["spec"]["endpoints"]
+    k8s_job = {r["replacement"] for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"}
+
+    assert selected == {compose_job["job_name"]} == k8s_job
+
+
 def test_the_prometheus_rule_holds_the_tested_rules() -> None:
-    if not RULES.exists():
-        pytest.skip("deploy/prometheus/triage.rules.yml is not on this branch yet")
     rule = k8s()["PrometheusRule/triage-server"]
 
     assert rule["spec"]["groups"] == load(RULES)["groups"], "run .venv/bin/python deploy/k8s/prometheusrule.py"
