@@ -169,6 +169,7 @@ class TriageServer:
         registry = BackendRegistry(
             {name: Provider(url, key) for name, (url, key) in settings.providers().items()},
             max_output_tokens=settings.model_max_output_tokens,
+            max_connections=settings.model_max_connections,
             circuit_failure_threshold=settings.circuit_failure_threshold,
             circuit_open_seconds=settings.circuit_open_seconds,
         )

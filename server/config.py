@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Longest a model call may take, even when the caller allows more."
     )
     model_max_output_tokens: int = Field(default=400, ge=16, description="Most tokens a model may answer with.")
+    model_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most HTTP connections open to each model provider; calls beyond wait.",
+    )
     circuit_failure_threshold: int = Field(
         default=5, ge=1, description="Failed model calls in a row after which a backend's circuit opens."
     )

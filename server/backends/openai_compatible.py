@@ -12,12 +12,14 @@ ModelUnavailable saying why, never an exception of the SDK's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal
 
+import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
@@ -56,15 +58,45 @@ class Reply(Generic[Answer]):
     usage: Usage
 
 
+# httpx's connection pool does work in proportion to its connections and waiting requests on every
+# request: one pool of 1,000 connections carried about 150 model calls a second on the benchmark
+# machine, ten pools of 100 about 530. A provider's connections are split into pools of this size.
+POOL_CONNECTIONS = 100
+
+
+class ClientPool:
+    """A provider's clients, each with a pool of HTTP connections of its own, used in turn."""
+
+    def __init__(self, base_url: str, api_key: str, *, max_connections: int) -> None:
+        count = -(-max_connections // POOL_CONNECTIONS)
+        per_pool = -(-max_connections // count)
+        limits = httpx2.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self._clients = [
+            # max_retries=0: retries are ours, bounded by the caller's deadline.
+            AsyncOpenAI(
+                base_url=base_url, api_key=api_key, max_retries=0, http_client=DefaultAsyncHttpxClient(limits=limits)
+            )
+            for _ in range(count)
+        ]
+        self._turn = itertools.cycle(self._clients)
+
+    def next(self) -> AsyncOpenAI:
+        return next(self._turn)
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+
 class OpenAICompatibleBackend:
     """One model at one provider, e.g. openai:gpt-4o-mini."""
 
     def __init__(
-        self, name: str, client: AsyncOpenAI, model: str, breaker: CircuitBreaker, *, max_output_tokens: int
+        self, name: str, clients: ClientPool, model: str, breaker: CircuitBreaker, *, max_output_tokens: int
     ) -> None:
         self.name = name
         self.breaker = breaker
-        self._client = client
+        self._clients = clients
         self._model = model
         self._max_output_tokens = max_output_tokens
 
@@ -137,7 +169,7 @@ class OpenAICompatibleBackend:
                     if remaining < _MIN_ATTEMPT_SECONDS:
                         raise TimeoutError
                     async with asyncio.timeout(remaining):
-                        response = await self._client.chat.completions.create(
+                        response = await self._clients.next().chat.completions.create(
                             model=self._model,
                             max_completion_tokens=self._max_output_tokens,
                             temperature=0,

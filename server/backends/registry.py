@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from openai import AsyncOpenAI
-
-from server.backends.openai_compatible import OpenAICompatibleBackend
+from server.backends.openai_compatible import ClientPool, OpenAICompatibleBackend
 from server.breaker import CircuitBreaker
 from server.runtime_config import LEARNED, RULES
 
@@ -31,13 +29,13 @@ class BackendRegistry:
         providers: Mapping[str, Provider],
         *,
         max_output_tokens: int,
+        max_connections: int,
         circuit_failure_threshold: int,
         circuit_open_seconds: float,
     ) -> None:
         self.providers = dict(providers)
-        # max_retries=0: retries are ours, bounded by the caller's deadline.
         self._clients = {
-            name: AsyncOpenAI(base_url=p.base_url, api_key=p.api_key or "unset", max_retries=0)
+            name: ClientPool(p.base_url, p.api_key or "unset", max_connections=max_connections)
             for name, p in self.providers.items()
         }
         self._backends: dict[str, OpenAICompatibleBackend] = {}
