@@ -10,7 +10,6 @@ checked before each model call, where the worst case is known (server/budgets.py
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,7 +19,8 @@ from interceptors.base import Behaviour, Context, ServerInterceptor, call_throug
 from server import metrics
 from server.calls import CallState, current_call
 from server.errors import DATABASE_FAULTS
-from server.store.usage import UsageStore
+from server.group_commit import GroupCommit
+from server.store.usage import CallUsage
 
 log = logging.getLogger("triage.cost")
 
@@ -28,7 +28,7 @@ COST_TRAILER = "x-cost-usd"
 
 
 class CostInterceptor(ServerInterceptor):
-    def __init__(self, usage: UsageStore) -> None:
+    def __init__(self, usage: GroupCommit[CallUsage]) -> None:
         super().__init__()
         self._usage = usage
 
@@ -59,10 +59,9 @@ class CostInterceptor(ServerInterceptor):
             metrics.model_used(entry.step, entry.backend, entry.input_tokens, entry.output_tokens, entry.usd_micros)
         call.trailers.append((COST_TRAILER, f"{usd_micros / 1_000_000:.6f}"))
         if call.ledger and call.principal is not None:
-            write = asyncio.to_thread(self._usage.add, call.principal.account, datetime.now(UTC).date(), call.ledger)
             try:
-                # Shielded: a caller that cancels still gets what it used written down.
-                await asyncio.shield(write)
+                # Written with its batch even if the caller cancels meanwhile.
+                await self._usage.submit((call.principal.account, datetime.now(UTC).date(), call.ledger))
             except DATABASE_FAULTS as error:
                 # The call's own outcome stands (its spending is already settled against the budgets);
                 # only the usage report misses it.

@@ -29,6 +29,7 @@ from server.cache import ResponseCache
 from server.calls import Role
 from server.config import Settings
 from server.esi.engine import RulesEngine
+from server.group_commit import GroupCommit
 from server.identity.api_keys import ApiKeyAuthenticator
 from server.identity.oidc import OidcVerifier
 from server.pipeline.advice import Advisor
@@ -47,7 +48,7 @@ from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.budgets import BudgetStore
 from server.store.database import open_database
-from server.store.usage import UsageStore
+from server.store.usage import CallUsage, UsageStore
 from server.tracing import start_tracing
 from triage.v1 import (
     admin_service_pb2,
@@ -187,6 +188,8 @@ class TriageServer:
         await configs.start()
         resources.push_async_callback(configs.stop)
         usage = UsageStore(engine)
+        usage_writes = GroupCommit(usage.add, max_batch=settings.audit_max_batch_records)
+        resources.push_async_callback(usage_writes.close)
         budgets = Budgets(BudgetStore(engine), configs)
         await budgets.start()
         resources.push_async_callback(budgets.stop)
@@ -210,7 +213,7 @@ class TriageServer:
         resources.push_async_callback(limiter.close)
 
         server = aio.server(
-            interceptors=self._interceptors(api_keys, limiter, configs, usage),
+            interceptors=self._interceptors(api_keys, limiter, configs, usage_writes),
             options=server_options(settings),
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
@@ -249,7 +252,11 @@ class TriageServer:
         return self.port
 
     def _interceptors(
-        self, api_keys: ApiKeyAuthenticator, limiter: RateLimiter, configs: RuntimeConfigs, usage: UsageStore
+        self,
+        api_keys: ApiKeyAuthenticator,
+        limiter: RateLimiter,
+        configs: RuntimeConfigs,
+        usage: GroupCommit[CallUsage],
     ) -> list[aio.ServerInterceptor]:
         """The chain, outermost first, in DESIGN.md's order."""
         settings = self.settings

@@ -142,7 +142,8 @@ class Budgets:
             if refused is not None and refused[0] > time.monotonic():
                 raise OverBudget(refused[1])
             holding = self._holding.get(budget)
-            if holding is None:
+            if holding is None or holding.done():
+                # (Done: the block it held was drawn on by the calls that waited with this one.)
                 holding = asyncio.ensure_future(self._hold_block(budget, usd_micros, seconds, key_limit))
                 self._holding[budget] = holding
                 holding.add_done_callback(lambda done: self._held(budget, done))
@@ -150,7 +151,8 @@ class Budgets:
             await asyncio.shield(holding)
 
     def _held(self, budget: tuple[date, str], holding: asyncio.Future[None]) -> None:
-        del self._holding[budget]
+        if self._holding.get(budget) is holding:
+            del self._holding[budget]
         if not holding.cancelled():
             holding.exception()  # retrieved here too: every waiter may have been cancelled
 

@@ -11,8 +11,8 @@ still sets the floor. The narrative's prompt is here (it is no decision point).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -33,6 +33,12 @@ class ModelQuestion(Generic[Answer]):
     name: str
     prompt: str
     answer_type: type[Answer]
+    # The request's response_format, made once: a JSON schema costs more to generate than the rest of a request.
+    response_format: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        schema = {"name": self.name, "schema": self.answer_type.model_json_schema(), "strict": True}
+        object.__setattr__(self, "response_format", {"type": "json_schema", "json_schema": schema})
 
 
 SYSTEM_PROMPT = (

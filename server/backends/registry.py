@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from server.backends.openai_compatible import ClientPool, OpenAICompatibleBackend
+from openai import AsyncOpenAI
+
+from server.backends.openai_compatible import OpenAICompatibleBackend, provider_client
 from server.breaker import CircuitBreaker
 from server.runtime_config import LEARNED, RULES
 
@@ -34,8 +36,8 @@ class BackendRegistry:
         circuit_open_seconds: float,
     ) -> None:
         self.providers = dict(providers)
-        self._clients = {
-            name: ClientPool(p.base_url, p.api_key or "unset", max_connections=max_connections)
+        self._clients: dict[str, AsyncOpenAI] = {
+            name: provider_client(p.base_url, p.api_key or "unset", max_connections=max_connections)
             for name, p in self.providers.items()
         }
         self._backends: dict[str, OpenAICompatibleBackend] = {}

@@ -1,7 +1,8 @@
 """Model usage totals per key, day, step and backend, and what each month has cost.
 
 Synchronous: called from worker threads. Totals are added with an upsert
-(INSERT ... ON CONFLICT DO UPDATE), one statement per call that used a model.
+(INSERT ... ON CONFLICT DO UPDATE), one statement for a batch of calls
+(server/group_commit.py gathers them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from server.store.models import UsageTotal
 
 _TABLE = UsageTotal.__table__  # type: ignore[attr-defined]
 _SUMMED = ("requests", "input_tokens", "output_tokens", "usd_micros")
+# One call's usage: its key, its day (UTC) and what its model steps used.
+CallUsage = tuple[str, date, Sequence[LedgerEntry]]
 
 
 class UsageStore:
@@ -25,20 +28,23 @@ class UsageStore:
         self._engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    def add(self, key_id: str, day: date, entries: Sequence[LedgerEntry]) -> None:
-        """Adds one call's ledger to the totals, in one transaction."""
-        totals: dict[tuple[int, str], dict[str, int]] = {}
-        for entry in entries:
-            row = totals.setdefault((entry.step, entry.backend), dict.fromkeys(_SUMMED, 0))
-            row["requests"] = 1  # one call, however many attempts
-            row["input_tokens"] += entry.input_tokens
-            row["output_tokens"] += entry.output_tokens
-            row["usd_micros"] += entry.usd_micros
+    def add(self, calls: Sequence[CallUsage]) -> None:
+        """Adds the calls' ledgers to the totals, in one transaction."""
+        totals: dict[tuple[str, date, int, str], dict[str, int]] = {}
+        for key_id, day, entries in calls:
+            for step, backend in {(entry.step, entry.backend) for entry in entries}:
+                # One request a call, however many attempts.
+                totals.setdefault((key_id, day, step, backend), dict.fromkeys(_SUMMED, 0))["requests"] += 1
+            for entry in entries:
+                row = totals[(key_id, day, entry.step, entry.backend)]
+                row["input_tokens"] += entry.input_tokens
+                row["output_tokens"] += entry.output_tokens
+                row["usd_micros"] += entry.usd_micros
         if not totals:
             return
         rows = [
             {"key_id": key_id, "day": day, "step": step, "backend": backend, **values}
-            for (step, backend), values in totals.items()
+            for (key_id, day, step, backend), values in totals.items()
         ]
         statement = self._insert(_TABLE).values(rows)
         statement = statement.on_conflict_do_update(

@@ -183,6 +183,33 @@ async def test_calls_draw_on_one_block_held_in_the_store(engines: list[Engine]) 
     assert store.counters(THIS_MONTH)[GLOBAL] == Counters(4_500, 0, 0)
 
 
+async def test_calls_waiting_together_for_blocks_each_get_one_or_a_refusal(engines: list[Engine]) -> None:
+    """Near the end blocks hold one call each: the calls that waited for one and found it taken ask again."""
+    budgets = await _budgets(engines[0], 1_000)  # blocks of one call: 1,000 / 64 is less than a call's 100
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(budgets.reserve(None, 100, seconds=1) for _ in range(20)), return_exceptions=True), 10
+    )
+
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 10
+    assert sum(isinstance(o, OverBudget) for o in outcomes) == 10
+
+
+@pytest.mark.timeout(10)
+async def test_a_call_arriving_as_a_block_is_held_for_others_holds_its_own(engines: list[Engine]) -> None:
+    """A call may run between a hold's completion and its removal from the holds in progress (a callback).
+
+    It must not take that finished hold for one still coming: awaiting it returns at once without
+    yielding to the event loop, so the process would spin there for ever.
+    """
+    budgets = await _budgets(engines[0], 1_000_000)
+    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    finished.set_result(None)  # its block already drawn on by the calls that waited for it
+    budgets._holding[(THIS_MONTH, GLOBAL)] = finished
+
+    await budgets.reserve(None, 100, seconds=1)
+
+
 async def test_processes_holding_blocks_together_spend_all_of_a_budget_and_never_more(
     engines: list[Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,9 +252,9 @@ def test_each_month_has_its_own_counters(store: BudgetStore) -> None:
 def test_a_months_first_hold_starts_from_the_usage_already_totalled(engines: list[Engine]) -> None:
     """An upgrade mid-month: what was spent before the budget tables existed still counts."""
     usage = UsageStore(engines[0])
-    usage.add("k", NOVEMBER + timedelta(days=3), [LedgerEntry(2, "m", 10, 1, 9_000)])
-    usage.add("j", NOVEMBER + timedelta(days=4), [LedgerEntry(2, "m", 10, 1, 500)])
-    usage.add("k", NOVEMBER - timedelta(days=1), [LedgerEntry(2, "m", 10, 1, 7_000)])  # October
+    usage.add([("k", NOVEMBER + timedelta(days=3), [LedgerEntry(2, "m", 10, 1, 9_000)])])
+    usage.add([("j", NOVEMBER + timedelta(days=4), [LedgerEntry(2, "m", 10, 1, 500)])])
+    usage.add([("k", NOVEMBER - timedelta(days=1), [LedgerEntry(2, "m", 10, 1, 7_000)])])  # October
     store = BudgetStore(engines[1])
 
     assert try_reserve(store, hold(600, "k"), limit=10_000) == "global"  # 9,500 + 600
