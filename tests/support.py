@@ -81,3 +81,19 @@ def migrated_sqlite(path: Path) -> str:
     """
     shutil.copyfile(_migrated_template(), path)
     return f"sqlite:///{path}"
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Takes the database at `url` back to schema `revision`, as an older release left it."""
+    from alembic import command
+
+    from server.store.database import open_database
+
+    config = schema._config(url)
+    engine = open_database(url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()

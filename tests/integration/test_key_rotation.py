@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import pytest
-from alembic import command
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
@@ -17,29 +14,10 @@ from server.secret import load_secret_ring, secret_id
 from server.store import chain, schema
 from server.store.database import open_database
 from tests.conftest import issue_test_key
-from tests.support import eventually, make_case
+from tests.support import downgrade, eventually, make_case
 from triage_client import AsyncTriageClient
 
 CASE = make_case("chest pain", "60y")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'empty.db'}"
-    url: str = request.getfixturevalue("empty_postgres_url")
-    return url
-
-
-def _downgrade(url: str, revision: str) -> None:
-    config = schema._config(url)
-    engine = open_database(url)
-    try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
 
 
 def _secret_ids(engine: Engine, table: str) -> list[str]:
@@ -59,7 +37,7 @@ async def test_keys_and_chains_from_revision_0003_work_under_a_rotated_ring(empt
     finally:
         await server.stop(grace_seconds=0)
     # The rows as revision 0003 kept them: no secret ids.
-    await asyncio.to_thread(_downgrade, empty_url, "0003")
+    await asyncio.to_thread(downgrade, empty_url, "0003")
     await asyncio.to_thread(schema.upgrade, empty_url)
     engine = open_database(empty_url)
     try:

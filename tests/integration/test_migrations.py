@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -22,16 +21,8 @@ from server.store import schema
 from server.store.database import open_database
 from server.store.schema import SchemaNotCurrent
 from tests.conftest import issue_test_key
-from tests.support import make_case
+from tests.support import downgrade, make_case
 from triage_client import AsyncTriageClient
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'empty.db'}"
-    url: str = request.getfixturevalue("empty_postgres_url")
-    return url
 
 
 @pytest.fixture
@@ -97,7 +88,7 @@ async def _migrate_in_a_process(url: str) -> str:
 def test_a_database_made_before_migrations_is_adopted_as_the_baseline(empty_url: str, opened: Engine) -> None:
     # Release 0.1 made its tables with create_all; the baseline revision has the same schema.
     schema.upgrade(empty_url)
-    _downgrade_to_baseline(empty_url)
+    downgrade(empty_url, schema.BASELINE)
     with opened.begin() as connection:
         connection.execute(text("DROP TABLE alembic_version"))
         connection.execute(text("INSERT INTO config_versions VALUES (1, '{}', :at, 'ops', '')"), {"at": _NOW})
@@ -126,7 +117,7 @@ async def test_a_database_of_the_first_revision_holding_data_upgrades_and_serves
         await server.stop(grace_seconds=0)
 
     # Take the database back to the first revision's schema, keeping its rows, and upgrade it again.
-    await asyncio.to_thread(_downgrade_to_baseline, empty_url)
+    await asyncio.to_thread(downgrade, empty_url, schema.BASELINE)
     await asyncio.to_thread(schema.upgrade, empty_url)
 
     server = TriageServer(first)
@@ -142,16 +133,3 @@ async def test_a_database_of_the_first_revision_holding_data_upgrades_and_serves
             assert keys
     finally:
         await server.stop(grace_seconds=0)
-
-
-def _downgrade_to_baseline(url: str) -> None:
-    from alembic import command
-
-    config = schema._config(url)
-    engine = open_database(url)
-    try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, schema.BASELINE)
-    finally:
-        engine.dispose()

@@ -194,10 +194,9 @@ def _grew(before: dict[Any, float], after: dict[Any, float], name: str, **labels
 MODEL = "fake:triage-model"
 
 
-async def test_model_steps_are_counted_by_outcome_with_their_cost_tokens_and_time(
-    settings: Settings, fake_llm: FakeLLM
-) -> None:
-    port = serve_metrics("127.0.0.1", 0)
+@pytest.fixture
+async def routed(settings: Settings, fake_llm: FakeLLM) -> AsyncIterator[AsyncTriageClient]:
+    """An admin's client of a server whose decision point B asks the fake model (uncached)."""
     server = TriageServer(
         settings.model_copy(
             update={"openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)}, "cache_ttl_seconds": 0}
@@ -208,19 +207,26 @@ async def test_model_steps_are_counted_by_outcome_with_their_cost_tokens_and_tim
         admin = await issue_test_key(server, Role.ADMIN)
         async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=admin) as client:
             await route(client, "high_risk", STRATEGY_MOST_URGENT)
-            fake_llm.plan(
-                "high_risk",
-                answer(high_risk=False, reasons=[]),
-                Reply(content="not the answer's format"),
-                Reply(status=400),  # not transient: no retry
-                Reply(content='{"high_risk": true, "reasons": []}', delay_seconds=3),
-            )
-            before = await asyncio.to_thread(_scrape, port)
-            for timeout in (None, None, None, 1.0):
-                await client.classify(make_case("headache", "30y"), timeout=timeout)
-            after = await asyncio.to_thread(_scrape, port)
+            yield client
     finally:
         await server.stop(grace_seconds=0)
+
+
+async def test_model_steps_are_counted_by_outcome_with_their_cost_tokens_and_time(
+    routed: AsyncTriageClient, fake_llm: FakeLLM
+) -> None:
+    port = serve_metrics("127.0.0.1", 0)
+    fake_llm.plan(
+        "high_risk",
+        answer(high_risk=False, reasons=[]),
+        Reply(content="not the answer's format"),
+        Reply(status=400),  # not transient: no retry
+        Reply(content='{"high_risk": true, "reasons": []}', delay_seconds=3),
+    )
+    before = await asyncio.to_thread(_scrape, port)
+    for timeout in (None, None, None, 1.0):
+        await routed.classify(make_case("headache", "30y"), timeout=timeout)
+    after = await asyncio.to_thread(_scrape, port)
 
     step = {"step": "high_risk", "backend": MODEL}
     outcomes = ("ok", "invalid_answer", "error", "timeout", "circuit_open")
@@ -335,26 +341,16 @@ def test_budgets_are_exported_globally_and_per_key_only_when_configured() -> Non
     assert _budget("key", "01JKEYNOLIMIT") == (None, None)
 
 
-async def test_a_model_calls_cost_shows_in_the_global_budget_remaining(settings: Settings, fake_llm: FakeLLM) -> None:
-    server = TriageServer(
-        settings.model_copy(
-            update={"openai_providers": {"fake": ProviderSettings(base_url=fake_llm.url)}, "cache_ttl_seconds": 0}
-        )
-    )
-    await server.start()
-    try:
-        admin = await issue_test_key(server, Role.ADMIN)
-        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=admin) as client:
-            await route(client, "high_risk", STRATEGY_MOST_URGENT)
-            limit = (await client.get_config()).config.global_monthly_budget_usd_micros / 1e6
-            fake_llm.plan("high_risk", answer(high_risk=False, reasons=[]))
-            await client.classify(make_case("headache", "31y"))
+async def test_a_model_calls_cost_shows_in_the_global_budget_remaining(
+    routed: AsyncTriageClient, fake_llm: FakeLLM
+) -> None:
+    limit = (await routed.get_config()).config.global_monthly_budget_usd_micros / 1e6
+    fake_llm.plan("high_risk", answer(high_risk=False, reasons=[]))
+    await routed.classify(make_case("headache", "31y"))
 
-            async def settled() -> bool:
-                # 200 input and 30 output tokens at 1 and 4 USD per million.
-                exported_limit, remaining = _budget("global")
-                return exported_limit == limit and remaining == pytest.approx(limit - 320e-6)
+    async def settled() -> bool:
+        # 200 input and 30 output tokens at 1 and 4 USD per million.
+        exported_limit, remaining = _budget("global")
+        return exported_limit == limit and remaining == pytest.approx(limit - 320e-6)
 
-            await eventually(settled, within_seconds=3)
-    finally:
-        await server.stop(grace_seconds=0)
+    await eventually(settled, within_seconds=3)
