@@ -156,10 +156,10 @@ class Budgets:
         if not holding.cancelled():
             holding.exception()  # retrieved here too: every waiter may have been cancelled
 
-    async def settle(self, reservation: Reservation, usd_micros: int, principal: Principal | None) -> None:
+    def settle(self, reservation: Reservation, usd_micros: int) -> None:
         """Counts what the call actually cost; the rest of its worst case goes back to its block.
 
-        In memory: the refresher writes it to the store within a second.
+        In memory, so that a cancelled caller cannot interrupt it: the refresher writes it to the store within a second.
         """
         block = reservation.block
         block.calls -= 1

@@ -125,7 +125,7 @@ class Advisor:
                     LedgerEntry(rules.step, backend.name, used.input_tokens, used.output_tokens, used.usd_micros)
                 )
             if reservation is not None:
-                await self.budgets.settle(reservation, used.usd_micros, principal)
+                self.budgets.settle(reservation, used.usd_micros)
         if reply.answer is None:
             warning = Warning(
                 "model_invalid_answer",
@@ -198,7 +198,7 @@ class Advisor:
                     LedgerEntry(STEP_NARRATIVE, name, usage.input_tokens, usage.output_tokens, cost.usd_micros)
                 )
             if reservation is not None:
-                await self.budgets.settle(reservation, cost.usd_micros, principal)
+                self.budgets.settle(reservation, cost.usd_micros)
 
 
 @dataclass

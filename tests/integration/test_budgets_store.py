@@ -176,7 +176,7 @@ async def test_calls_draw_on_one_block_held_in_the_store(engines: list[Engine]) 
     store = BudgetStore(engines[1])
     assert store.counters(THIS_MONTH)[GLOBAL] == Counters(0, 6_400, 0)  # one block of 64 calls
     for reservation in reservations:
-        await budgets.settle(reservation, 90, principal)
+        budgets.settle(reservation, 90)
     await budgets.refresh()  # writes back what the calls spent; the block stays for the next calls
     assert store.counters(THIS_MONTH)[GLOBAL] == Counters(4_500, 1_900, 0)
     await budgets.stop()  # gives the rest back
@@ -229,7 +229,7 @@ async def test_processes_holding_blocks_together_spend_all_of_a_budget_and_never
         if not reservations:
             break
         for budgets, reservation in reservations:
-            await budgets.settle(reservation, 150, principal)  # the worst case, every time
+            budgets.settle(reservation, 150)  # the worst case, every time
         spent += 150 * len(reservations)
         for budgets in processes:
             await budgets.refresh()
@@ -290,7 +290,8 @@ async def test_two_processes_log_each_global_alert_once(
     reservations = [await processes[i % 2].reserve(principal, 100, seconds=1) for i in range(10)]
     with pytest.raises(OverBudget):
         await processes[0].reserve(principal, 100, seconds=1)
-    await asyncio.gather(*(processes[i % 2].settle(r, 90, principal) for i, r in enumerate(reservations)))
+    for i, reservation in enumerate(reservations):
+        processes[i % 2].settle(reservation, 90)
     for budgets in processes:
         await budgets.refresh()
 
