@@ -44,13 +44,26 @@ class ServiceError(Exception):
         return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message, details=packed))
 
 
+# Details travel in trailers, which a client refuses past a few kilobytes (gRPC's metadata
+# limit: 8 KiB, some refused at random beyond it, all beyond 16 KiB; the caller then sees
+# RESOURCE_EXHAUSTED instead of its field violations). A path or description quoting the
+# caller's own long text is cut short, and the first violations are listed.
+_MAX_VIOLATIONS = 10
+_MAX_TEXT_CHARS = 120
+
+
 class InvalidArgument(ServiceError):
-    """The request is malformed; the details list every bad field and why."""
+    """The request is malformed; the details list the bad fields (the first ten) and why."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Iterable[error_details_pb2.BadRequest.FieldViolation]) -> None:
-        violations = list(violations)
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_shortened(v.field), description=_shortened(v.description), reason=v.reason
+            )
+            for v in list(violations)[:_MAX_VIOLATIONS]
+        ]
         fields = ", ".join(v.field for v in violations)
         super().__init__(
             f"invalid request: {fields}" if fields else "invalid request",
@@ -130,6 +143,10 @@ def _duration(delta: timedelta) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromTimedelta(delta)
     return duration
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT_CHARS else text[: _MAX_TEXT_CHARS - 3] + "..."
 
 
 def field_violation(field: str, description: str, reason: str) -> error_details_pb2.BadRequest.FieldViolation:

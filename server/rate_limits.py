@@ -36,6 +36,9 @@ from server.breaker import CircuitBreaker
 # A Redis that stalls must not stall calls: give up quickly, and count locally for a while.
 _REDIS_TIMEOUT_SECONDS = 0.25
 _REDIS_OPEN_SECONDS = 2.0
+# Failed Redis calls in a row before counting moves into the process: one slow answer on a busy
+# machine should not split a limit shared by replicas; three still cost a hung Redis under a second.
+REDIS_FAILURES_TO_OPEN = 3
 _EXPIRY_INTERVAL_SECONDS = 1.0
 
 
@@ -122,7 +125,7 @@ class RateLimiter:
             self._shared = AsyncMovingWindowRateLimiter(storage)
             self._breaker = CircuitBreaker(
                 "redis_rate_limit",
-                failure_threshold=1,
+                failure_threshold=REDIS_FAILURES_TO_OPEN,
                 open_seconds=_REDIS_OPEN_SECONDS,
                 fallback="rate limits are counted in this process",
                 probe=storage.check,

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2
 from server.app import RATE_LIMIT_STORAGE_HEALTH, TriageServer
 from server.calls import Role
 from server.config import Settings
+from server.rate_limits import REDIS_FAILURES_TO_OPEN
 from tests.circuits import dependencies
 from tests.conftest import issue_test_key
 from tests.redis_faults import connections_received, hung
@@ -132,7 +133,8 @@ async def test_losing_redis_falls_back_to_local_counts_and_says_so(
         assert await _storage_health(redis_backed) == serving
 
         await redis_server.stop()
-        await client.classify(CASE)  # still answered, counted in this process
+        for _ in range(REDIS_FAILURES_TO_OPEN):
+            await client.classify(CASE)  # still answered, counted in this process
         assert await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert await client.health() == serving  # the service as a whole still serves
         assert dependencies(caplog, "circuit opened") == ["redis_rate_limit"]
@@ -163,8 +165,9 @@ async def test_a_hung_redis_costs_one_attempt_and_limits_are_still_kept_in_this_
                     outcomes.append(refusal)
             assert await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.NOT_SERVING
             warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-        # The first call's attempt and the probes (one per window), each on a new connection; not one per call.
-        assert await connections_received(redis_server) - before < 5
+        # The first calls' attempts until the circuit opens and the probes (one per window), each on
+        # a new connection; not one per call.
+        assert await connections_received(redis_server) - before < REDIS_FAILURES_TO_OPEN + 4
 
         async def recovered() -> bool:
             return await _storage_health(redis_backed) == health_pb2.HealthCheckResponse.SERVING

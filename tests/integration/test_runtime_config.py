@@ -227,6 +227,24 @@ async def test_bad_changes_name_their_fields(
     assert (await client.get_config()).config.version == 0
 
 
+async def test_a_change_quoting_long_text_is_refused_with_its_fields_not_a_trailer_too_large(
+    client: AsyncTriageClient,
+) -> None:
+    """Field paths quote backend names: 12 prices named by 4,000 characters each must still read as violations."""
+    prices = [
+        admin_service_pb2.BackendPrice(backend=f"{n}{'a' * 4_000}", input_usd_micros_per_million_tokens=-1)
+        for n in range(12)
+    ]
+    request = UpdateConfigRequest(config=Config(prices=prices), update_mask=field_mask_pb2.FieldMask(paths=["prices"]))
+
+    with pytest.raises(InvalidArgument) as raised:
+        await client.update_config(request)
+
+    violations = raised.value.field_violations
+    assert 0 < len(violations) <= 10
+    assert all(len(v.field) <= 120 and len(v.description) <= 120 for v in violations)
+
+
 async def test_rate_limit_defaults_change_at_run_time(client: AsyncTriageClient, server: TriageServer) -> None:
     limits = [admin_service_pb2.RoleRateLimit(role=admin_service_pb2.ROLE_ADMIN, rate_limit="1/minute")]
     await client.update_config(update(0, ["default_rate_limits"], default_rate_limits=limits))
