@@ -32,6 +32,7 @@ from sqlmodel import Session, col, select
 
 from server import metrics
 from server.errors import Unavailable
+from server.group_commit import GroupCommit
 from server.ids import new_id
 from server.secret import secret_id
 from server.store import chain
@@ -53,6 +54,9 @@ _SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S.%f"
 def _insert_statement(table: str, columns: tuple[str, ...], marker: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
 
+
+# A record waiting for its batch: its row, the content its chain link hashes, and its sealed case if any.
+_Pending = tuple[tuple[Any, ...], bytes, tuple[Any, ...] | None]
 
 _UNAVAILABLE = "the audit store is unavailable, so the classification was not recorded; retry"
 
@@ -153,11 +157,11 @@ class AuditLog:
         self._prober: asyncio.Task[None] | None = None
         # The writer thread's own connection, taken from the pool on first use.
         self._connection: PoolProxiedConnection | None = None
-        self._max_batch = max_batch_records
         self._max_pending = max_pending_records
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        self._pending: list[tuple[tuple[Any, ...], bytes, tuple[Any, ...] | None, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[_Pending] = GroupCommit(
+            self._write, max_batch=max_batch_records, executor=self._writer, on_batch=self._committed
+        )
         self._closed = False
         # Counters for tests and metrics: transactions committed, records written.
         self.commits = 0
@@ -173,53 +177,30 @@ class AuditLog:
             raise Unavailable("the server is shutting down; retry on another replica")
         if not self.available:
             raise Unavailable(_UNAVAILABLE)
-        if len(self._pending) >= self._max_pending:
+        if self._commits.pending >= self._max_pending:
             raise Unavailable("the audit store is overloaded; retry shortly")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         case_values = tuple(getattr(case, name) for name in CASE_COLUMNS) if case is not None else None
         values = [getattr(record, name) for name in COLUMNS]
         recorded_at = values[_RECORDED_AT] = record.recorded_at.astimezone(UTC)
         content = chain.content(values)
         if self._sqlite:
             values[_RECORDED_AT] = recorded_at.strftime(_SQLITE_TIMESTAMP)
-        self._pending.append((tuple(values), content, case_values, future))
         metrics.AUDIT_PENDING_RECORDS.inc()
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        try:
+            await self._commits.submit((tuple(values), content, case_values))
+        except Exception:  # noqa: BLE001 - what went wrong is logged once per batch, in _committed
+            raise Unavailable(_UNAVAILABLE) from None
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            metrics.AUDIT_PENDING_RECORDS.dec(len(batch))
-            try:
-                await loop.run_in_executor(
-                    self._writer,
-                    self._write,
-                    [(row, content) for row, content, _, _ in batch],
-                    [case for _, _, case, _ in batch if case is not None],
-                )
-            except Exception as error:  # noqa: BLE001 - every waiter must hear of the failure
-                metrics.AUDIT_COMMIT_FAILURES.inc()
-                log.error(
-                    "audit write failed",
-                    extra={"fields": {"error_type": type(error).__name__, "records": len(batch)}},
-                )
-                outcome: BaseException | None = Unavailable(_UNAVAILABLE)
-                if isinstance(error, self._store_faults):
-                    self._became_unavailable()
-            else:
-                outcome = None
-                self._set_available(True)
-            for _, _, _, future in batch:
-                if future.done():
-                    continue
-                if outcome is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(outcome)
+    def _committed(self, records: int, error: Exception | None) -> None:
+        """A batch's outcome, on the event loop: metrics, the log, and the store's availability."""
+        metrics.AUDIT_PENDING_RECORDS.dec(records)
+        if error is None:
+            self._set_available(True)
+            return
+        metrics.AUDIT_COMMIT_FAILURES.inc()
+        log.error("audit write failed", extra={"fields": {"error_type": type(error).__name__, "records": records}})
+        if isinstance(error, self._store_faults):
+            self._became_unavailable()
 
     def _became_unavailable(self) -> None:
         if self.available:
@@ -279,13 +260,14 @@ class AuditLog:
         self._seq = 0
         self._link = chain.genesis(self._secret, self._writer_id)
 
-    def _write(self, records: list[tuple[tuple[Any, ...], bytes]], cases: list[tuple[Any, ...]]) -> None:
+    def _write(self, batch: Sequence[_Pending]) -> None:
         """One transaction for the batch, on the writer thread's connection."""
         seq, link, rows = self._seq, self._link, []
-        for values, content in records:
+        for values, content, _ in batch:
             seq += 1
             link = chain.link(self._secret, link, self._writer_id, seq, content)
             rows.append((*values, self._writer_id, seq, link))
+        cases = [case for _, _, case in batch if case is not None]
         now = datetime.now(UTC)
         updated_at = now.strftime(_SQLITE_TIMESTAMP) if self._sqlite else now
         checkpoint = (self._writer_id, seq, link, updated_at, 0, "", self._secret_id)
@@ -350,8 +332,7 @@ class AuditLog:
         self._closed = True
         if self._prober is not None:
             self._prober.cancel()
-        while self._flusher is not None and not self._flusher.done():
-            await self._flusher
+        await self._commits.close()
         if self._connection is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._connection.close)
             self._connection = None
