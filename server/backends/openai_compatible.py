@@ -12,14 +12,15 @@ ModelUnavailable saying why, never an exception of the SDK's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
-from pydantic import ValidationError
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
 from tenacity.wait import wait_exponential_jitter
 
@@ -32,6 +33,7 @@ TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimit
 _MAX_ATTEMPTS = 3
 # Below this, an attempt could not finish: fall back instead.
 _MIN_ATTEMPT_SECONDS = 0.05
+Sent = TypeVar("Sent")
 
 
 class ModelUnavailable(Exception):
@@ -90,34 +92,51 @@ class OpenAICompatibleBackend:
 
     def input_tokens_at_most(self, prompt: str, content: str) -> int:
         """A generous bound on the tokens of `prompt` about `content` (a token is rarely under 3 characters)."""
-        messages = _messages(prompt, content)
-        return sum(len(m["content"]) for m in messages) // 3 + 16 * len(messages)
+        # The system message (our prompt and the question's) and the user's (the case), as _messages builds them.
+        return (len(SYSTEM_PROMPT) + 2 + len(prompt) + len(content)) // 3 + 16 * 2
 
     async def ask(self, question: ModelQuestion[Answer], case: Case, *, seconds: float) -> Reply[Answer]:
-        """Asks `question` about `case`; the reply must fit the question's answer type."""
-        answer_type = question.answer_type
-        response = await self._call(
-            seconds,
-            messages=_messages(question.prompt, describe_case(case)),
-            # As extra body, which the SDK sends as it is: its typed parameters are walked key by key on
-            # every call, and the schema's keys made 12 % of the event loop's time at 1,000 calls in flight.
-            extra_body={"response_format": question.response_format},
-        )
-        usage = _usage(response.usage)
-        content = response.choices[0].message.content if response.choices else None
+        """Asks `question` about `case`; the reply must fit the question's answer type.
+
+        Sent with the SDK's plain `post` and read as JSON here: the typed `create` walks its parameters
+        and builds typed objects of the reply on every call, which doubled the SDK's CPU per call
+        (1.8-2.3 ms against 0.9 ms, measured at 50 in flight) in a process bound by its CPU.
+        """
+        body = {
+            "model": self._model,
+            "max_completion_tokens": self._max_output_tokens,
+            "temperature": 0,
+            "messages": _messages(question.prompt, describe_case(case)),
+            "response_format": question.response_format,
+        }
+
+        def send(remaining: float) -> Awaitable[httpx2.Response]:
+            options: openai.RequestOptions = {"timeout": remaining}
+            return self._client.post("/chat/completions", body=body, cast_to=httpx2.Response, options=options)
+
+        response = await self._call(seconds, send)
+        content, usage = _read_reply(response.content)
         try:
-            return Reply(answer_type.model_validate_json(content or ""), usage)
-        except ValidationError:
+            return Reply(question.answer_type.model_validate_json(content or ""), usage)
+        except ValueError:  # pydantic's ValidationError: not the answer asked for
             return Reply(None, usage)
 
     async def narrate(self, case: Case, summary: str, *, seconds: float) -> AsyncIterator[str | Usage]:
         """Streams the narrative's text chunks, then its Usage last."""
-        stream = await self._call(
-            seconds,
-            messages=_messages(NARRATIVE_PROMPT, f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}"),
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        messages = _messages(NARRATIVE_PROMPT, f"{describe_case(case)}\n\nSuggested level and reasons:\n{summary}")
+
+        def send(remaining: float) -> Awaitable[openai.AsyncStream[ChatCompletionChunk]]:
+            return self._client.chat.completions.create(
+                model=self._model,
+                max_completion_tokens=self._max_output_tokens,
+                temperature=0,
+                timeout=remaining,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+
+        stream = await self._call(seconds, send)
         usage = Usage()
         try:
             async with asyncio.timeout(seconds):
@@ -134,7 +153,8 @@ class OpenAICompatibleBackend:
             raise ModelUnavailable(kind, f"{kind} while streaming") from None
         yield usage
 
-    async def _call(self, seconds: float, **request: Any) -> Any:
+    async def _call(self, seconds: float, send: Callable[[float], Awaitable[Sent]]) -> Sent:
+        """`send(seconds left)`, retried on transient faults while the time lasts, through the breaker."""
         if not self.breaker.allow():
             raise ModelUnavailable("circuit_open", "circuit open")
         loop = asyncio.get_running_loop()
@@ -152,13 +172,7 @@ class OpenAICompatibleBackend:
                     if remaining < _MIN_ATTEMPT_SECONDS:
                         raise TimeoutError
                     async with asyncio.timeout(remaining):
-                        response = await self._client.chat.completions.create(
-                            model=self._model,
-                            max_completion_tokens=self._max_output_tokens,
-                            temperature=0,
-                            timeout=remaining,
-                            **request,
-                        )
+                        response = await send(remaining)
         except (TimeoutError, openai.APITimeoutError) as error:
             self.breaker.failed(error)
             raise ModelUnavailable("timeout", "timeout") from None
@@ -169,7 +183,7 @@ class OpenAICompatibleBackend:
         return response
 
 
-def _messages(prompt: str, content: str) -> list[dict[str, str]]:
+def _messages(prompt: str, content: str) -> list[ChatCompletionMessageParam]:
     return [
         {"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{prompt}"},
         {"role": "user", "content": content},
@@ -180,3 +194,23 @@ def _usage(usage: Any) -> Usage:
     if usage is None:
         return Usage()
     return Usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0))
+
+
+def _read_reply(body: bytes) -> tuple[str | None, Usage]:
+    """A chat completion's first message and token counts; what is missing or malformed reads as absent."""
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        return None, Usage()
+    if not isinstance(reply, dict):
+        return None, Usage()
+    try:
+        counts = reply.get("usage") or {}
+        usage = Usage(int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0))
+    except (AttributeError, TypeError, ValueError):
+        usage = Usage()
+    try:
+        content = reply["choices"][0]["message"]["content"]
+    except (LookupError, TypeError):
+        return None, usage
+    return (content if isinstance(content, str) else None), usage
