@@ -365,7 +365,8 @@ async def test_a_version_stored_before_the_gateway_role_holds_with_the_settings_
     client: AsyncTriageClient, settings: Settings
 ) -> None:
     """Versions an older release stored name no gateway limit; they are not skipped as incomplete."""
-    limits = {role: limit for role, limit in settings.role_rate_limits().items() if role is not Role.GATEWAY}
+    limits = settings.role_rate_limits()
+    del limits[Role.GATEWAY]
     older = default_config(danger_zone_policy="flag_only", rate_limits=limits, global_monthly_budget_usd_micros=1)
     store_version(settings, 1, older.model_dump_json())
 
