@@ -104,6 +104,8 @@ class FuzzServer:
         with self.log_path.open("rb") as log:
             log.seek(offset)
             for line in log:
+                if not line.endswith(b"\n"):
+                    break  # a line still being written: read whole on a later call
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
@@ -112,7 +114,9 @@ class FuzzServer:
                     yield entry
 
     def log_size(self) -> int:
-        return self.log_path.stat().st_size
+        """Where the log's last whole line ends: an offset that never falls inside a line."""
+        content = self.log_path.read_bytes()
+        return content.rfind(b"\n") + 1
 
     def faults_since(self, offset: int) -> list[dict[str, object]]:
         """Log lines since `offset` that show a fault: any error (an unexpected exception, a failed write),
