@@ -1,8 +1,10 @@
 """Model usage totals per key, day, step and backend, and what each month has cost.
 
 Synchronous: called from worker threads. Totals are added with an upsert
-(INSERT ... ON CONFLICT DO UPDATE), one statement for a batch of calls
-(server/group_commit.py gathers them).
+(INSERT ... ON CONFLICT DO UPDATE), one transaction for a batch of calls
+(server/group_commit.py gathers them). The statement is built once and run
+for all of a batch's rows: a statement of as many rows as the batch had to be
+compiled anew for every batch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ CallUsage = tuple[str, date, Sequence[LedgerEntry]]
 class UsageStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(_TABLE)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=["key_id", "day", "step", "backend"],
+            set_={name: _TABLE.c[name] + insert.excluded[name] for name in _SUMMED},
+        )
 
     def add(self, calls: Sequence[CallUsage]) -> None:
         """Adds the calls' ledgers to the totals, in one transaction."""
@@ -46,13 +52,9 @@ class UsageStore:
             {"key_id": key_id, "day": day, "step": step, "backend": backend, **values}
             for (key_id, day, step, backend), values in totals.items()
         ]
-        statement = self._insert(_TABLE).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["key_id", "day", "step", "backend"],
-            set_={name: _TABLE.c[name] + statement.excluded[name] for name in _SUMMED},
-        )
+        # The rows are distinct totals (summed above): no two in one batch update the same row.
         with self._engine.begin() as connection:
-            connection.execute(statement)
+            connection.execute(self._upsert, rows)
 
     def spent_since(self, first_day: date) -> dict[str, int]:
         """Micro-dollars spent per key from `first_day` on."""
