@@ -8,10 +8,8 @@ import pytest
 
 from server.config import ProviderSettings, Settings
 from tests.fake_llm import FakeLLM, answer
-from tests.support import make_case
+from tests.web.conftest import WebTier, csrf_token
 from tests.web.test_admin import settings_form
-from triage.v1 import classification_pb2
-from triage_client import AsyncTriageClient
 
 MODEL = "fake:triage-model"
 
@@ -24,7 +22,7 @@ def settings(settings: Settings, fake_llm: FakeLLM) -> Settings:
 
 
 async def test_an_admin_routes_high_risk_to_a_model_and_sees_its_cost_in_usage(
-    admin: httpx2.AsyncClient, client: AsyncTriageClient, fake_llm: FakeLLM
+    web: WebTier, admin: httpx2.AsyncClient, fake_llm: FakeLLM
 ) -> None:
     form = settings_form((await admin.get("/admin/settings")).text)
     # A model backend needs a price first: 1 USD per million input tokens, 4 per million output tokens.
@@ -41,11 +39,16 @@ async def test_an_admin_routes_high_risk_to_a_model_and_sees_its_cost_in_usage(
     assert routed.status_code == 200, routed.text
     assert "Saved as version 2: high_risk.backend, high_risk.strategy." in routed.text
 
+    # The next classification on the demo page shows the model's answer and its backend.
     fake_llm.plan("high_risk", answer(high_risk=True, reasons=["thunderclap onset"]))
-    classification = await client.classify(make_case("headache", "30y"))
-    backends = {b.step: b.backend for b in classification.pipeline.step_backends}
-    assert backends[classification_pb2.STEP_HIGH_RISK] == MODEL
-    assert classification.esi_level == classification_pb2.ESI_LEVEL_2
+    async with web.browser() as visitor:
+        page = await visitor.get("/")
+        form = {"csrf_token": csrf_token(page.text), "age.value": "30", "age.unit": "years"}
+        result = await visitor.post("/explain", data=form | {"chief_complaint": "headache"})
+    assert 'data-level="2"' in result.text
+    assert f'B. High risk: <span class="backend">{MODEL}</span>' in result.text
+    assert "thunderclap onset" in result.text
+    assert "cost 0.00032 US dollars" in result.text
 
     page = await admin.get("/admin/usage")
     usage = page.text[page.text.index('<div id="usage">') :]
@@ -55,7 +58,7 @@ async def test_an_admin_routes_high_risk_to_a_model_and_sees_its_cost_in_usage(
         assert f"<caption>{caption}</caption>" in usage
     # 200 input and 30 output tokens at 1 and 4 USD per million: 320 micro-dollars.
     assert f'<tr><th scope="row">{MODEL}</th><td>1</td><td>200</td><td>30</td><td>0.00032</td></tr>' in usage
-    assert "test-admin (" in usage  # the key, by its name
+    assert "test-gateway (" in usage  # the key that made the call, by its name
     assert "0.00032 of 20.00 US dollars spent" in usage
 
     empty = await admin.get("/admin/usage", params={"start": "2020-01-01", "end": "2020-01-31"})
