@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx2
@@ -14,6 +15,7 @@ from tests.support import make_case
 from tests.web.conftest import StartWeb, WebTier, csrf_token, sign_in
 from triage.v1 import admin_service_pb2, classification_pb2
 from triage_client import AsyncTriageClient, Unauthenticated
+from triage_web.sessions import SessionCookies
 
 
 def settings_form(html: str) -> dict[str, str]:
@@ -71,11 +73,20 @@ async def test_the_session_cookie_is_encrypted_http_only_secure_and_strict(
         assert secret not in (await browser.get(path)).text
 
 
-async def test_a_tampered_session_is_no_session(web: WebTier, admin: httpx2.AsyncClient) -> None:
+async def test_a_session_ends_after_its_lifetime_or_when_tampered_with(
+    web: WebTier, admin: httpx2.AsyncClient, keys: dict[Role, str]
+) -> None:
     token = admin.cookies["triage_session"]
     tampered = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
     async with web.browser(cookies={"triage_session": tampered}) as other:
         assert (await other.get("/admin/settings")).status_code == 303
+
+    sessions = SessionCookies(b"test-session-secret", web.settings.session_seconds)
+    who = {"credential": keys[Role.ADMIN], "name": "an admin", "kind": "api_key", "expires_at": time.time() + 3600}
+    for age_seconds, status in ((60, 200), (web.settings.session_seconds + 60, 303)):
+        cookie = sessions.seal("session", {"csrf": "token", "admin": who}, at=time.time() - age_seconds)
+        async with web.browser(cookies={"triage_session": cookie}) as browser:
+            assert (await browser.get("/admin/settings")).status_code == status, age_seconds
 
 
 async def test_sign_out_ends_the_session(admin: httpx2.AsyncClient) -> None:

@@ -14,6 +14,7 @@ from server.app import TriageServer
 from server.config import Settings
 from tests.web.conftest import StartWeb, WebTier, csrf_token
 from tests.web.fake_oidc import AUDIENCE, CLIENT_ID, FakeOidc, start_fake_oidc
+from tests.web.pages import XSS, assert_inert
 from tests.web.test_admin import settings_form
 from triage_client import AsyncTriageClient
 
@@ -65,6 +66,9 @@ async def test_an_admin_signs_in_with_oidc_and_pkce_and_acts_as_themself(
     sso_browser: httpx2.AsyncClient, oidc: FakeOidc, client: AsyncTriageClient
 ) -> None:
     oidc.claims |= {"name": "Ada Admin"}
+    # The sign-in page's form may lead to the provider, and to no other site.
+    policy = (await sso_browser.get("/admin/sign-in")).headers["content-security-policy"]
+    assert f"form-action 'self' {oidc.url};" in policy
     authorize = await to_provider(sso_browser)
     query = {k: v[0] for k, v in parse_qs(urlsplit(authorize).query).items()}
     assert authorize.startswith(f"{oidc.url}/authorize?")
@@ -92,15 +96,16 @@ async def test_an_admin_signs_in_with_oidc_and_pkce_and_acts_as_themself(
     assert (await client.get_config()).config.updated_by == "oidc:admin-1"
 
 
-async def test_a_person_without_the_admin_role_is_told_so(sso_browser: httpx2.AsyncClient, oidc: FakeOidc) -> None:
+async def test_a_person_without_the_admin_role_or_a_token_for_another_sign_in_gets_no_session(
+    sso_browser: httpx2.AsyncClient, oidc: FakeOidc
+) -> None:
     oidc.claims["triage_role"] = "clinician"
     callback = await sso_browser.get(await back_from_provider(await to_provider(sso_browser)))
     assert callback.status_code == 403
     assert "Your account has no admin role" in callback.text
     assert (await sso_browser.get("/admin/settings")).status_code == 303
 
-
-async def test_an_id_token_for_another_sign_in_is_refused(sso_browser: httpx2.AsyncClient, oidc: FakeOidc) -> None:
+    oidc.claims["triage_role"] = "admin"
     oidc.wrong_nonce = True
     callback = await sso_browser.get(await back_from_provider(await to_provider(sso_browser)))
     assert callback.status_code == 400
@@ -128,9 +133,10 @@ async def test_a_callback_must_belong_to_the_sign_in_this_browser_started(
     assert replayed.status_code == 400
 
 
-async def test_the_provider_is_allowed_as_a_form_target_and_nothing_else(
-    sso_browser: httpx2.AsyncClient, oidc: FakeOidc
-) -> None:
-    page = await sso_browser.get("/admin/sign-in")
-    policy = page.headers["content-security-policy"]
-    assert f"form-action 'self' {oidc.url};" in policy
+async def test_text_from_the_provider_is_inert(sso_browser: httpx2.AsyncClient, oidc: FakeOidc) -> None:
+    oidc.claims |= {"name": XSS}
+    callback = await sso_browser.get(await back_from_provider(await to_provider(sso_browser)))
+    assert_inert(callback.text)
+    assert_inert((await sso_browser.get("/admin/settings")).text)
+    refused = await sso_browser.get("/admin/oidc/callback", params={"error": XSS})
+    assert_inert(refused.text)
