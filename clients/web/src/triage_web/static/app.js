@@ -45,6 +45,8 @@
     },
     result(data) {
       byId("result-slot").innerHTML = data.html;
+      // Keyboard and screen-reader users land on the result when it is complete.
+      byId("result").focus();
     },
     invalid(data) {
       for (const [id, message] of Object.entries(data.errors)) {
