@@ -302,10 +302,16 @@ class Settings(BaseSettings):
 
     @classmethod
     def unknown_variables(cls, environ: Mapping[str, str] = os.environ) -> list[str]:
-        """TRIAGE_* variables that configure nothing here (the client's own are known)."""
+        """TRIAGE_* variables that configure nothing here (the client's and the web tier's own are known)."""
         known = {f"TRIAGE_{name.upper()}" for name in cls.model_fields} | CLIENT_VARIABLES
-        return sorted(name for name in environ if name.startswith("TRIAGE_") and name not in known)
+        return sorted(
+            name
+            for name in environ
+            if name.startswith("TRIAGE_") and not name.startswith(WEB_PREFIX) and name not in known
+        )
 
 
 # Read by the client and the `triage` command, not by the server.
 CLIENT_VARIABLES = frozenset({"TRIAGE_TARGET", "TRIAGE_API_KEY"})
+# The web tier's (clients/web), which checks them itself: one environment may configure both processes.
+WEB_PREFIX = "TRIAGE_WEB_"

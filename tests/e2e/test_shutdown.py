@@ -85,7 +85,8 @@ async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
 
 
 async def test_unknown_settings_variables_are_reported(tmp_path: Path) -> None:
-    server = await start_server(tmp_path, TRIAGE_PROT="50051")
+    # The web tier's settings may share the server's environment (one compose file): they are not typos.
+    server = await start_server(tmp_path, TRIAGE_PROT="50051", TRIAGE_WEB_PORT="8080")
     server.process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(15):
         await server.read_log()
