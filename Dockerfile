@@ -10,6 +10,9 @@
 #   docker run --rm -v triage-data:/data triage-server triage-server migrate   # first, and after every upgrade
 #   docker run --rm -v triage-data:/data triage-server triage-server keys create --name ops --role admin
 #   docker run -d -v triage-data:/data -p 50051:50051 triage-server
+# The same image runs the web tier (clients/web), a client of the server, as its own container:
+#   docker run -d -p 8080:8080 -e TRIAGE_TARGET=server:50051 -e TRIAGE_WEB_HOST=0.0.0.0 \
+#     -e TRIAGE_WEB_API_KEY=<gateway key> -e TRIAGE_WEB_SESSION_SECRET=<secret> triage-server triage-web
 # deploy/k8s (Kubernetes) and deploy/compose (a laptop or one VM) run it with PostgreSQL and Redis.
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
@@ -20,9 +23,10 @@ RUN python -m venv /opt/triage
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
 COPY clients/python clients/python
+COPY clients/web clients/web
 COPY server server
 COPY interceptors interceptors
-RUN /opt/triage/bin/pip install -c constraints.txt ./clients/python .
+RUN /opt/triage/bin/pip install -c constraints.txt ./clients/python ./clients/web .
 
 FROM ${PYTHON_IMAGE}
 # postgresql-client: pg_dump and pg_restore for `triage-server backup` and `restore` on PostgreSQL

@@ -24,7 +24,9 @@ import yaml
 
 from server import cli
 from server.app import AUDITED_HEALTH_NAMES, SERVICE_NAMES, TriageServer
+from server.config import WEB_PREFIX as WEB
 from server.config import Settings
+from triage_web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -90,8 +92,13 @@ def compose() -> dict[str, Any]:
 
 
 def triage_services() -> dict[str, Any]:
-    """The compose services that run the triage image."""
-    return {name: s for name, s in compose().items() if str(s.get("image", "")).startswith("triage-server")}
+    """The compose services that run the triage server's commands (the image also runs the web tier)."""
+    return {
+        name: s
+        for name, s in compose().items()
+        if str(s.get("image", "")).startswith("triage-server")
+        and s.get("command", ["triage-server"])[0] != "triage-web"
+    }
 
 
 @pytest.fixture
@@ -124,7 +131,7 @@ def _named_variables() -> Iterator[tuple[str, set[str]]]:
                 yield f"{kind} {container['name']}", {e["name"] for e in container["env"]}
     for name, service in triage_services().items():
         yield f"compose {name}", set(service.get("environment", {}))
-    yield "deploy/compose/.env.example", set(env_file(COMPOSE / ".env.example"))
+    yield "deploy/compose/.env.example", {n for n in env_file(COMPOSE / ".env.example") if not n.startswith(WEB)}
 
 
 @pytest.mark.parametrize(("where", "names"), [pytest.param(*v, id=v[0]) for v in _named_variables()])
@@ -133,6 +140,28 @@ def test_every_triage_variable_is_a_setting(where: str, names: set[str]) -> None
 
     assert triage_names, f"{where} configures nothing"
     assert triage_names <= SETTINGS, f"{where}: not settings of server/config.py: {sorted(triage_names - SETTINGS)}"
+
+
+def test_the_compose_web_tier_is_configured_with_its_own_settings(clean_environment: pytest.MonkeyPatch) -> None:
+    web = compose()["web"]
+    environment = {name: str(value) for name, value in web["environment"].items()}
+    # What .env must hold for it, given here as placeholders for the values an operator makes.
+    placeholders = {name: "x" * 48 for name in env_file(COMPOSE / ".env.example") if name.startswith(WEB)}
+    assert {name for name, value in environment.items() if value.startswith("${")} == set(placeholders)
+    for name, value in (environment | placeholders).items():
+        clean_environment.setenv(name, value)
+
+    settings = WebSettings()
+
+    assert WebSettings.unknown_variables(environment) == []
+    assert web["command"] == ["triage-web"]
+    assert web["image"] == compose()["triage"]["image"]
+    assert settings.target == "nginx:50051"
+    assert "nginx" in web["depends_on"]
+    assert settings.host == "0.0.0.0"
+    assert web["ports"] == [f"127.0.0.1:{settings.port}:{settings.port}"]
+    assert web["read_only"] is True
+    assert web["cap_drop"] == ["ALL"]
 
 
 def test_the_image_and_the_configmap_make_valid_settings(clean_environment: pytest.MonkeyPatch) -> None:
