@@ -1,7 +1,9 @@
 """Rate limits per caller: counted before the work, reported on every answer.
 
 The caller's own limit applies when its key has one, else its role's
-default. Every answer carries `x-ratelimit-limit`, `x-ratelimit-remaining`
+default. A gateway's calls are counted per end user, by the address it
+forwards (server/end_users.py); a call of its without one is INVALID_ARGUMENT,
+and the address of any other caller is not read. Every answer carries `x-ratelimit-limit`, `x-ratelimit-remaining`
 and `x-ratelimit-reset` (seconds until the window frees a call) for the
 tightest limit (in the headers; in the trailers of an error); a refused call
 gets RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo. Calls without a principal (health, reflection) are not counted.
@@ -20,6 +22,7 @@ from interceptors.base import Behaviour, Context, ServerInterceptor, call_throug
 from server import metrics
 from server.calls import Role, current_call
 from server.config import Settings
+from server.end_users import EndUsers
 from server.errors import ResourceExhausted
 from server.rate_limits import RateLimiter
 
@@ -33,12 +36,15 @@ class RateLimitInterceptor(ServerInterceptor):
         self,
         limiter: RateLimiter,
         role_defaults: Callable[[], Mapping[Role, str]],
+        end_users: EndUsers,
         fallback: Mapping[Role, str] | None = None,
     ) -> None:
-        """`role_defaults` gives the current defaults: they change at run time. `fallback` (the settings' role
-        limits; the documented defaults when not given) stands in for a role missing from them."""
+        """`role_defaults` gives the current defaults: they change at run time. `end_users` counts a gateway's
+        calls per end user. `fallback` (the settings' role limits; the documented defaults when not given) stands
+        in for a role missing from them."""
         super().__init__()
         self._limiter = limiter
+        self._end_users = end_users
         self._defaults = role_defaults
         self._fallback = {**Settings.model_construct().role_rate_limits(), **(fallback or {})}
         self._reported: set[Role] = set()
@@ -49,7 +55,12 @@ class RateLimitInterceptor(ServerInterceptor):
         if call is None or principal is None or principal.role is None:
             return await call_through(method, request, context)
         limits = principal.rate_limit or self._role_default(principal.role)
-        decision = await self._limiter.hit(principal.subject, limits)
+        subject, quota_subject = principal.subject, principal.subject
+        if principal.role is Role.GATEWAY:
+            subject = self._end_users.subject(principal.subject, context.invocation_metadata() or ())
+            # The refusal names the gateway's limit per end user, not the end user.
+            quota_subject = f"{principal.subject}/end-user"
+        decision = await self._limiter.hit(subject, limits)
         call.response_metadata.extend(
             (
                 ("x-ratelimit-limit", str(decision.limit)),
@@ -61,7 +72,7 @@ class RateLimitInterceptor(ServerInterceptor):
             metrics.RATE_LIMITED.labels(principal.role.value).inc()
             raise ResourceExhausted(
                 f"rate limit of {decision.description} reached; retry in {decision.reset_seconds} s",
-                subject=principal.subject,
+                subject=quota_subject,
                 description=f"calls limited to {decision.description}",
                 retry_after=timedelta(seconds=decision.reset_seconds),
             )

@@ -28,6 +28,7 @@ from server.budgets import Budgets
 from server.cache import ResponseCache
 from server.calls import Role
 from server.config import Settings
+from server.end_users import EndUsers
 from server.esi.engine import RulesEngine
 from server.group_commit import GroupCommit
 from server.identity.api_keys import ApiKeyAuthenticator
@@ -213,7 +214,7 @@ class TriageServer:
         resources.push_async_callback(limiter.close)
 
         server = aio.server(
-            interceptors=self._interceptors(api_keys, limiter, configs, usage_writes),
+            interceptors=self._interceptors(api_keys, limiter, configs, usage_writes, secret),
             options=server_options(settings),
         )
         classify_service_pb2_grpc.add_ClassifyServiceServicer_to_server(ClassifyService(classifier), server)
@@ -257,6 +258,7 @@ class TriageServer:
         limiter: RateLimiter,
         configs: RuntimeConfigs,
         usage: GroupCommit[CallUsage],
+        secret: bytes,
     ) -> list[aio.ServerInterceptor]:
         """The chain, outermost first, in DESIGN.md's order."""
         settings = self.settings
@@ -289,7 +291,10 @@ class TriageServer:
                 minimum_seconds=settings.min_deadline_seconds,
             ),
             RateLimitInterceptor(
-                limiter, lambda: configs.current.default_rate_limits, fallback=settings.role_rate_limits()
+                limiter,
+                lambda: configs.current.default_rate_limits,
+                EndUsers(secret),
+                fallback=settings.role_rate_limits(),
             ),
             CostInterceptor(usage),
         ]

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     rate_limit_clinician: str = Field(default="120/minute", description="Default limit of the clinician role.")
     rate_limit_service: str = Field(default="100/second", description="Default limit of the service role.")
     rate_limit_admin: str = Field(default="10/second", description="Default limit of the admin role.")
+    rate_limit_gateway: str = Field(
+        default="20/day", description="Default limit of the gateway role, counted per end user (IPv6 per /64)."
+    )
     redis_url: str | None = Field(
         default=None,
         description="redis://host:port/db to share rate-limit counts between processes; unset: in-process counts.",
@@ -266,7 +269,9 @@ class Settings(BaseSettings):
         others = self.encryption_keys_decrypt_only
         return CaseVault.from_text(self.encryption_key.get_secret_value(), others.get_secret_value() if others else "")
 
-    @field_validator("rate_limit_demo", "rate_limit_clinician", "rate_limit_service", "rate_limit_admin")
+    @field_validator(
+        "rate_limit_demo", "rate_limit_clinician", "rate_limit_service", "rate_limit_admin", "rate_limit_gateway"
+    )
     @classmethod
     def _parses(cls, value: str) -> str:
         parse_limits(value)

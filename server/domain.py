@@ -218,6 +218,8 @@ class Role(StrEnum):
     CLINICIAN = "clinician"
     SERVICE = "service"
     ADMIN = "admin"
+    # A web tier calling for end users: trusted to forward each one's address, limited per end user.
+    GATEWAY = "gateway"
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,9 @@ Strategy = Literal["rules", "model", "most_urgent"]
 # D's policy: the rules' two, or "learned": up-triage when the estimated risk is high enough.
 DangerZonePolicy = RulesDangerZonePolicy | Literal["learned"]
 POLL_INTERVAL_SECONDS = 0.5
+# Roles added since a version could have been stored without them: such a version takes the settings' default
+# for them instead of being skipped as incomplete (a role missing for any other reason still makes it not hold).
+ROLES_ADDED_LATER = (Role.GATEWAY,)
 # The largest value of an int64 message field: what GetConfig and GetUsage can carry.
 _INT64_MAX = 2**63 - 1
 # 1,000,000 USD per million tokens, far above any price list, keeps every call's cost well within int64.
@@ -255,6 +258,7 @@ class RuntimeConfigs:
         skipped at load; without it stored backends are checked for form only."""
         self._store = store
         self._known_backend = known_backend
+        self._defaults = defaults
         self.current = defaults
         # The newest stored version looked at, and those that did not hold (each is logged once).
         self._examined = defaults.version
@@ -326,7 +330,9 @@ class RuntimeConfigs:
         config = None
         try:
             # The row's version is the version, whatever a hand edit left in the JSON.
-            config = RuntimeConfig.model_validate_json(text).model_copy(update={"version": version})
+            config = self._with_later_roles(
+                RuntimeConfig.model_validate_json(text).model_copy(update={"version": version})
+            )
             found = problems(config, self._known_backend)
         except ValidationError as error:
             # Locations and messages only: the stored values are not repeated in the log.
@@ -347,6 +353,16 @@ class RuntimeConfigs:
             },
         )
         return None
+
+    def _with_later_roles(self, config: RuntimeConfig) -> RuntimeConfig:
+        """`config` with the settings' limits for the roles it was stored before (ROLES_ADDED_LATER)."""
+        stored = config.default_rate_limits
+        added = {
+            role: limit
+            for role in ROLES_ADDED_LATER
+            if role not in stored and (limit := self._defaults.default_rate_limits.get(role)) is not None
+        }
+        return config.model_copy(update={"default_rate_limits": stored | added}) if added else config
 
     def _apply(self, config: RuntimeConfig) -> None:
         if config.version > self.current.version:

@@ -23,7 +23,9 @@ log = logging.getLogger("triage.oidc")
 # Asymmetric algorithms only: a shared-secret HS256 token must never pass as OIDC.
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512", "EdDSA")
 _REFRESH_INTERVAL_SECONDS = 30.0
-# Privilege order, for a claim that lists several roles: the strongest wins.
+# Privilege order, for a claim that lists several roles: the strongest wins. Never the gateway role: its
+# forwarded end-user addresses are trusted, so it is given only to an API key an admin made for one web tier,
+# not to whoever an identity provider's claim names (a token claiming it alone holds none of our roles).
 _ROLE_ORDER = (Role.ADMIN, Role.SERVICE, Role.CLINICIAN, Role.DEMO)
 
 

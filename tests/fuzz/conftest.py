@@ -29,10 +29,22 @@ from triage.v1.classify_service_pb2 import ClassifyRequest
 SECRET = "fuzz-secret"
 # Far above what the suite sends: the limits are exercised by their own tests, not here.
 UNLIMITED = "1000000/second"
-ROLES = ("admin", "clinician", "service", "demo")
+ROLES = ("admin", "clinician", "service", "demo", "gateway")
 # Every kind of caller: each role; no credentials; credentials that are wrong in each way; odd metadata;
 # and one that allows the server almost no time (its deadline is caller input too).
-CALLERS = (*ROLES, "anonymous", "unknown-key", "malformed", "empty-bearer", "jwt-like", "odd-request-id", "hurried")
+CALLERS = (
+    *ROLES,
+    "anonymous",
+    "unknown-key",
+    "malformed",
+    "empty-bearer",
+    "jwt-like",
+    "odd-request-id",
+    "odd-end-user",
+    "hurried",
+)
+# The end user a gateway calls for (a gateway's call without one is refused).
+END_USER = (("x-end-user-address", "2001:db8::7"),)
 
 
 @dataclass
@@ -106,13 +118,17 @@ def _serve(directory: Path, database_url: str) -> Iterator[Fuzzing]:
     }
     for role in Role:
         # Their own generous limit: a fuzzed UpdateConfig may set any role default.
+        for_whom = END_USER if role is Role.GATEWAY else ()
         credentials[role.value] = (
             ("authorization", f"Bearer {_key(store, role, f'fuzz-{role.value}', UNLIMITED)[1]}"),
+            *for_whom,
         )
         credentials[f"{role.value}-by-role"] = (
             ("authorization", f"Bearer {_key(store, role, f'role-{role.value}')[1]}"),
+            *for_whom,
         )
     credentials["odd-request-id"] = (*credentials["clinician"], ("x-request-id", "../../x y;" + "z" * 300))
+    credentials["odd-end-user"] = (credentials["gateway"][0], ("x-end-user-address", "../../x y;" + "z" * 300))
     credentials["hurried"] = credentials["service"]
     # Keys the fuzzer may revoke or ask the usage of.
     victims = [_key(store, Role.DEMO, f"victim-{n}")[0] for n in range(3)]

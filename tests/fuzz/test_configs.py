@@ -41,7 +41,7 @@ prices = st.builds(
 )
 limits = st.builds(
     RoleRateLimit,
-    role=st.one_of(st.integers(1, 4), st.integers(-1, 6)),
+    role=st.one_of(st.integers(1, 5), st.integers(-1, 7)),
     rate_limit=st.one_of(st.sampled_from(LIMITS[:3]), st.sampled_from(LIMITS), TEXT),
 )
 configs = st.builds(

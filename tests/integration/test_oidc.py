@@ -122,3 +122,17 @@ async def test_a_token_without_a_role_is_a_known_caller_without_permission(
     async with AsyncTriageClient(f"127.0.0.1:{oidc_server.port}", api_key=token(signing_key, triage_role=None)) as c:
         with pytest.raises(PermissionDenied):
             await c.classify(CASE)
+
+
+async def test_a_token_never_holds_the_gateway_role(oidc_server: TriageServer, signing_key: rsa.RSAPrivateKey) -> None:
+    """Forwarded end-user addresses are trusted from gateway API keys only, never from an identity provider's claim."""
+    target = f"127.0.0.1:{oidc_server.port}"
+    async with AsyncTriageClient(target, api_key=token(signing_key, triage_role="gateway")) as claimed:
+        with pytest.raises(PermissionDenied):
+            await claimed.with_caller(end_user_address="203.0.113.7").classify(CASE)
+        listed = claimed.with_caller(
+            bearer=token(signing_key, triage_role=["gateway", "clinician"]), end_user_address="203.0.113.7"
+        )
+        await listed.classify(CASE)
+    assert listed.rate_limit is not None
+    assert listed.rate_limit.limit == 10_000  # the clinician's default in the tests, not the gateway's 20 a day

@@ -14,8 +14,10 @@ from interceptors.rate_limit import RateLimitInterceptor
 from server.app import TriageServer
 from server.calls import CallState, Principal, Role, begin_call
 from server.config import Settings
+from server.end_users import EndUsers
 from server.errors import ResourceExhausted as ServerResourceExhausted
 from server.rate_limits import RateLimiter
+from server.runtime_config import default_config
 from server.store.database import open_database
 from server.store.models import ConfigVersionRecord
 from tests.support import eventually, make_case
@@ -280,7 +282,8 @@ def limits_of(config: Config) -> dict[str, str]:
 async def answers_every_role(server: TriageServer, keys: dict[Role, str]) -> None:
     """Each role's key, none with a limit of its own, is answered (the role defaults are in force)."""
     for role, key in keys.items():
-        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as caller:
+        async with AsyncTriageClient(f"127.0.0.1:{server.port}", api_key=key) as client:
+            caller = client.with_caller(end_user_address="203.0.113.7")  # a gateway's end user; others ignore it
             assert (await caller.classify(TACHYCARDIC)).esi_level == 2, role
 
 
@@ -358,6 +361,21 @@ async def test_a_stored_version_that_does_not_hold_is_logged_and_skipped(
     await eventually(lambda: _version_is(client, 3), within_seconds=2.0)
 
 
+async def test_a_version_stored_before_the_gateway_role_holds_with_the_settings_limit_for_it(
+    client: AsyncTriageClient, settings: Settings
+) -> None:
+    """Versions an older release stored name no gateway limit; they are not skipped as incomplete."""
+    limits = settings.role_rate_limits()
+    del limits[Role.GATEWAY]
+    older = default_config(danger_zone_policy="flag_only", rate_limits=limits, global_monthly_budget_usd_micros=1)
+    store_version(settings, 1, older.model_dump_json())
+
+    await eventually(lambda: _version_is(client, 1), within_seconds=2.0)
+    config = (await client.get_config()).config
+    assert config.danger_zone_policy == admin_service_pb2.DANGER_ZONE_POLICY_FLAG_ONLY
+    assert limits_of(config)["ROLE_GATEWAY"] == "20/day"
+
+
 async def _version_is(client: AsyncTriageClient, version: int) -> bool:
     return (await client.get_config()).config.version == version
 
@@ -367,7 +385,7 @@ async def test_a_role_missing_from_the_defaults_is_counted_against_the_settings(
 ) -> None:
     """Defence in depth: were a role's default ever missing (a defect), its calls are counted, never failed."""
     limiter = RateLimiter(None)
-    interceptor = RateLimitInterceptor(limiter, dict, fallback={Role.CLINICIAN: "1/minute"})
+    interceptor = RateLimitInterceptor(limiter, dict, EndUsers(b"test-secret"), fallback={Role.CLINICIAN: "1/minute"})
     begin_call(CallState(method="test", request_id="r", peer="p", principal=Principal("key:a", Role.CLINICIAN)))
 
     async def answer(request: str, context: object) -> str:

@@ -157,6 +157,12 @@ const (
 	Role_ROLE_SERVICE Role = 3
 	// ROLE_ADMIN may also use AdminService.
 	Role_ROLE_ADMIN Role = 4
+	// ROLE_GATEWAY is a trusted web tier that may classify and explain on behalf
+	// of end users. It sends each call's end-user address in the request
+	// metadata `x-end-user-address` (one IPv4 or IPv6 address; required), and
+	// its rate limit is counted per end user (IPv6 per /64), not per key. The
+	// forwarded address of any other caller is ignored.
+	Role_ROLE_GATEWAY Role = 5
 )
 
 // Enum value maps for Role.
@@ -167,6 +173,7 @@ var (
 		2: "ROLE_CLINICIAN",
 		3: "ROLE_SERVICE",
 		4: "ROLE_ADMIN",
+		5: "ROLE_GATEWAY",
 	}
 	Role_value = map[string]int32{
 		"ROLE_UNSPECIFIED": 0,
@@ -174,6 +181,7 @@ var (
 		"ROLE_CLINICIAN":   2,
 		"ROLE_SERVICE":     3,
 		"ROLE_ADMIN":       4,
+		"ROLE_GATEWAY":     5,
 	}
 )
 
@@ -2111,14 +2119,15 @@ const file_triage_v1_admin_service_proto_rawDesc = "" +
 	"\x1eDANGER_ZONE_POLICY_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cDANGER_ZONE_POLICY_UP_TRIAGE\x10\x01\x12 \n" +
 	"\x1cDANGER_ZONE_POLICY_FLAG_ONLY\x10\x02\x12\x1e\n" +
-	"\x1aDANGER_ZONE_POLICY_LEARNED\x10\x03*a\n" +
+	"\x1aDANGER_ZONE_POLICY_LEARNED\x10\x03*s\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_DEMO\x10\x01\x12\x12\n" +
 	"\x0eROLE_CLINICIAN\x10\x02\x12\x10\n" +
 	"\fROLE_SERVICE\x10\x03\x12\x0e\n" +
 	"\n" +
-	"ROLE_ADMIN\x10\x04*|\n" +
+	"ROLE_ADMIN\x10\x04\x12\x10\n" +
+	"\fROLE_GATEWAY\x10\x05*|\n" +
 	"\fCircuitState\x12\x1d\n" +
 	"\x19CIRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CIRCUIT_STATE_CLOSED\x10\x01\x12\x16\n" +

@@ -44,6 +44,7 @@ from triage_client.errors import (
     Unknown,
     from_rpc_error,
 )
+from triage_client.rate_limit import RateLimit
 
 __all__ = [
     "Aborted",
@@ -68,6 +69,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "PredictedResource",
+    "RateLimit",
     "ResourceExhausted",
     "ResourceKind",
     "RiskFactor",

@@ -137,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ROLES = ("demo", "clinician", "service", "admin")
+# Every role of the contract, by its lower-case name: demo, clinician, service, admin, gateway.
+ROLES = tuple(
+    name.removeprefix("ROLE_").lower() for name in admin_service_pb2.Role.keys() if name != "ROLE_UNSPECIFIED"
+)
 
 
 def duration(text: str) -> timedelta:

@@ -3,11 +3,14 @@
 Both wrap the generated stubs of triage.v1. Every call has a default deadline,
 retries on UNAVAILABLE through the gRPC service config (never for calls that
 change state), sends `authorization: Bearer <key>` when a key is set, and
-raises a typed `TriageError` carrying the server's details.
+raises a typed `TriageError` carrying the server's details. `with_caller`
+gives a client on the same channel that calls with other credentials or for
+an end user (a gateway); `rate_limit` is the limit the latest call reported.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
@@ -31,11 +34,14 @@ from triage.v1 import (
     explain_service_pb2,
     explain_service_pb2_grpc,
 )
-from triage_client.errors import from_rpc_error
+from triage_client.errors import TriageError, from_rpc_error
+from triage_client.rate_limit import RateLimit
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# The end user a gateway calls for (trusted from gateway keys only; see with_caller).
+END_USER_ADDRESS_HEADER = "x-end-user-address"
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -80,11 +86,54 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 )
 
 
-def _settings(target: str | None, api_key: str | None) -> tuple[str, tuple[tuple[str, str], ...]]:
-    target = target or os.environ.get("TRIAGE_TARGET") or DEFAULT_TARGET
-    key = api_key if api_key is not None else os.environ.get("TRIAGE_API_KEY", "")
-    metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    return target, metadata
+def _target(target: str | None) -> str:
+    return target or os.environ.get("TRIAGE_TARGET") or DEFAULT_TARGET
+
+
+def _api_key(api_key: str | None) -> str:
+    return api_key if api_key is not None else os.environ.get("TRIAGE_API_KEY", "")
+
+
+class _Caller:
+    """Who a client calls as, and for whom, and the rate limit its latest call reported: both clients' part."""
+
+    _bearer: str
+    _end_user_address: str
+    _metadata: tuple[tuple[str, str], ...]
+    _owns_channel: bool
+    rate_limit: RateLimit | None
+
+    def _become(self, bearer: str, end_user_address: str, *, owns_channel: bool) -> None:
+        self._bearer, self._end_user_address, self._owns_channel = bearer, end_user_address, owns_channel
+        metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
+        if end_user_address:
+            metadata.append((END_USER_ADDRESS_HEADER, end_user_address))
+        self._metadata = tuple(metadata)
+        # The rate limit reported by this client's latest call (None before any, or when it reported none).
+        self.rate_limit = None
+
+    def with_caller(self, *, bearer: str | None = None, end_user_address: str | None = None) -> Self:
+        """A client on this one's channel that calls with `bearer` (an API key or OIDC token) and/or for the end
+        user at `end_user_address` (one IPv4 or IPv6 address, which the server trusts from gateway keys only).
+
+        None keeps this client's value, "" sends none. Making one is cheap (no connection of its own), so make
+        one per request or task: its `rate_limit` is then that caller's. Closing it leaves the channel open.
+        """
+        caller = copy.copy(self)
+        caller._become(
+            self._bearer if bearer is None else bearer,
+            self._end_user_address if end_user_address is None else end_user_address,
+            owns_channel=False,
+        )
+        return caller
+
+    def _answered(self, *metadata: Any) -> None:
+        self.rate_limit = RateLimit.from_metadata(*metadata)
+
+    def _failed(self, error: grpc.RpcError) -> TriageError:
+        typed = from_rpc_error(error)
+        self.rate_limit = typed.rate_limit
+        return typed
 
 
 def tls_credentials(
@@ -132,7 +181,7 @@ _HEALTH_REQUEST = health_pb2.HealthCheckRequest.SerializeToString
 _HEALTH_RESPONSE = health_pb2.HealthCheckResponse.FromString
 
 
-class TriageClient:
+class TriageClient(_Caller):
     """A blocking client. Use as a context manager, or call close()."""
 
     def __init__(
@@ -148,7 +197,8 @@ class TriageClient:
 
         Plaintext unless `credentials` are given (see `tls_credentials`).
         """
-        self.target, self._metadata = _settings(target, api_key)
+        self.target = _target(target)
+        self._become(_api_key(api_key), "", owns_channel=True)
         self.deadlines = deadlines
         if channel is None:
             channel = (
@@ -173,15 +223,19 @@ class TriageClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        """Closes the channel, unless this client is a `with_caller` one, which shares it."""
+        if self._owns_channel:
+            self._channel.close()
 
     def _call(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None
     ) -> _Response:
         try:
-            return method(request, timeout=timeout, metadata=self._metadata)
+            response, call = method.with_call(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
+        self._answered(call.initial_metadata())
+        return response
 
     def classify(self, case: case_pb2.TriageCase, *, timeout: float | None = None) -> classification_pb2.Classification:
         """Suggests an ESI level for the case."""
@@ -196,15 +250,23 @@ class TriageClient:
         classification_id: str | None = None,
         timeout: float | None = None,
     ) -> Iterator[explain_service_pb2.ExplainResponse]:
-        """Yields each step as the server completes it; the classification comes last."""
+        """Yields each step as the server completes it; the classification comes last.
+
+        `rate_limit` holds the call's rate limit by the time the first step is yielded.
+        """
         request = explain_request(case, classification_id)
         stream = self._explain.Explain(
             request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
         )
+        started = False
         try:
-            yield from stream
+            for response in stream:
+                if not started:
+                    started = True
+                    self._answered(stream.initial_metadata())
+                yield response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
         finally:
             stream.cancel()
 
@@ -302,7 +364,7 @@ class TriageClient:
         )
 
 
-class AsyncTriageClient:
+class AsyncTriageClient(_Caller):
     """An asyncio client with the same methods as TriageClient, awaited."""
 
     def __init__(
@@ -318,7 +380,8 @@ class AsyncTriageClient:
 
         Plaintext unless `credentials` are given (see `tls_credentials`).
         """
-        self.target, self._metadata = _settings(target, api_key)
+        self.target = _target(target)
+        self._become(_api_key(api_key), "", owns_channel=True)
         self.deadlines = deadlines
         if channel is None:
             channel = (
@@ -345,15 +408,20 @@ class AsyncTriageClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Closes the channel, unless this client is a `with_caller` one, which shares it."""
+        if self._owns_channel:
+            await self._channel.close()
 
     async def _call(
         self, method: aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, timeout: float | None
     ) -> _Response:
+        call = method(request, timeout=timeout, metadata=self._metadata)
         try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
+            response = await call
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
+        self._answered(await call.initial_metadata())
+        return response
 
     async def classify(
         self, case: case_pb2.TriageCase, *, timeout: float | None = None
@@ -372,17 +440,22 @@ class AsyncTriageClient:
     ) -> AsyncGenerator[explain_service_pb2.ExplainResponse, None]:
         """Yields each step as the server completes it; the classification comes last.
 
-        Closing the generator early (`aclose()`) cancels the call on the server.
+        Closing the generator early (`aclose()`) cancels the call on the server. `rate_limit` holds the call's
+        rate limit by the time the first step is yielded.
         """
         request = explain_request(case, classification_id)
         call = self._explain.Explain(
             request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
         )
+        started = False
         try:
             async for response in call:
+                if not started:
+                    started = True
+                    self._answered(await call.initial_metadata())
                 yield response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._failed(error) from None
         finally:
             call.cancel()
 

@@ -2,7 +2,8 @@
 
 Every client call goes through `from_rpc_error`, so callers catch
 `triage_client.InvalidArgument` and read `.field_violations`, or catch
-`ResourceExhausted` and read `.retry_delay`, instead of parsing grpc errors.
+`ResourceExhausted` and read `.retry_delay` and `.rate_limit`, instead of
+parsing grpc errors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from triage_client.rate_limit import RateLimit
 
 _DETAIL_TYPES: tuple[type[Message], ...] = (
     error_details_pb2.BadRequest,
@@ -32,15 +35,24 @@ _M = TypeVar("_M", bound=Message)
 
 
 class TriageError(Exception):
-    """A call failed. `code` is the gRPC status; `details` the unpacked google.rpc details."""
+    """A call failed. `code` is the gRPC status; `details` the unpacked google.rpc details; `rate_limit` the
+    caller's rate limit as the call reported it (None when it did not get that far)."""
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, *, details: tuple[Message, ...] = (), request_id: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: tuple[Message, ...] = (),
+        request_id: str = "",
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.request_id = request_id
+        self.rate_limit = rate_limit
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -92,7 +104,7 @@ class PermissionDenied(TriageError):
 
 
 class ResourceExhausted(TriageError):
-    """A rate limit or budget is spent: see `quota_violations` and `retry_delay`."""
+    """A rate limit or budget is spent: see `quota_violations`, `retry_delay` and (a rate limit) `rate_limit`."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -171,8 +183,11 @@ def from_rpc_error(error: grpc.RpcError) -> TriageError:
         status = None
     if status is not None:
         details = tuple(_unpack(d) for d in status.details)
-    request_id = next((str(v) for k, v in (call.trailing_metadata() or ()) if k == "x-request-id"), "")
-    return _BY_CODE.get(code, Unknown)(message, details=details, request_id=request_id)
+    # The call's metadata is in the trailers of a call that failed before answering, else in its headers.
+    trailers, headers = call.trailing_metadata() or (), call.initial_metadata() or ()
+    request_id = next((str(v) for k, v in (*trailers, *headers) if k == "x-request-id"), "")
+    rate_limit = RateLimit.from_metadata(trailers, headers)
+    return _BY_CODE.get(code, Unknown)(message, details=details, request_id=request_id, rate_limit=rate_limit)
 
 
 def _unpack(packed: any_pb2.Any) -> Message:

@@ -109,6 +109,13 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """ROLE_SERVICE is a system integration that may classify and explain."""
     ROLE_ADMIN: _Role.ValueType  # 4
     """ROLE_ADMIN may also use AdminService."""
+    ROLE_GATEWAY: _Role.ValueType  # 5
+    """ROLE_GATEWAY is a trusted web tier that may classify and explain on behalf
+    of end users. It sends each call's end-user address in the request
+    metadata `x-end-user-address` (one IPv4 or IPv6 address; required), and
+    its rate limit is counted per end user (IPv6 per /64), not per key. The
+    forwarded address of any other caller is ignored.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role is what an authenticated caller may do."""
@@ -123,6 +130,13 @@ ROLE_SERVICE: Role.ValueType  # 3
 """ROLE_SERVICE is a system integration that may classify and explain."""
 ROLE_ADMIN: Role.ValueType  # 4
 """ROLE_ADMIN may also use AdminService."""
+ROLE_GATEWAY: Role.ValueType  # 5
+"""ROLE_GATEWAY is a trusted web tier that may classify and explain on behalf
+of end users. It sends each call's end-user address in the request
+metadata `x-end-user-address` (one IPv4 or IPv6 address; required), and
+its rate limit is counted per end user (IPv6 per /64), not per key. The
+forwarded address of any other caller is ignored.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _CircuitState:
