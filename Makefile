@@ -23,13 +23,13 @@ GO_PLUGINS := $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 # The contract as last released: `buf breaking` (make lint) allows only compatible changes from it.
 API_RELEASE := api-releases/v1.0.0.json
 
-.PHONY: setup run test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean promtool
+.PHONY: setup run web test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean promtool
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/web/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e '.[dev,train]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e clients/python -e clients/web -e '.[dev,train]'
 	touch $(STAMP)
 
 $(GHZ):
@@ -54,6 +54,19 @@ run: setup
 	@echo "local admin key, for the triage command in another shell:"
 	@echo "  export TRIAGE_API_KEY=\$$(cat $(CURDIR)/$(DEV_KEY))"
 	$(BIN)/triage-server serve
+
+# `make web` serves the demo page and the admin console (clients/web) on http://127.0.0.1:8080
+# (TRIAGE_WEB_PORT) in front of the server of `make run`, started first in another shell. Its key
+# with the gateway role is kept in .triage-web-key (mode 0600), made once as `make run` makes its own.
+WEB_KEY := .triage-web-key
+
+web: setup
+	@$(BIN)/triage-server migrate
+	@if [ ! -s $(WEB_KEY) ] || [ ! -f triage.db ] || [ ! -f triage-secret.key ]; then \
+	  umask 077 && $(BIN)/triage-server keys create --name local-web --role gateway | tail -n 1 > $(WEB_KEY); \
+	fi
+	@echo "admin console: http://127.0.0.1:$${TRIAGE_WEB_PORT:-8080}/admin (sign in with the key in $(DEV_KEY))"
+	TRIAGE_WEB_API_KEY=$$(cat $(WEB_KEY)) $(BIN)/triage-web
 
 test: setup $(GHZ) promtool $(GO_PLUGINS) go-example lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
@@ -141,7 +154,7 @@ train: setup
 # Re-pin every dependency to the newest versions that satisfy pyproject.toml.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e clients/python -e '.[dev,train]'
+	.lock-venv/bin/pip install --quiet --disable-pip-version-check -e clients/python -e clients/web -e '.[dev,train]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
 	rm -rf .lock-venv
 

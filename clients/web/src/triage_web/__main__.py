@@ -1,0 +1,3 @@
+from triage_web.cli import main
+
+main()
