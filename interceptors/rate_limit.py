@@ -3,12 +3,14 @@
 The caller's own limit applies when its key has one, else its role's
 default. A gateway's calls are counted per end user, by the address it
 forwards (server/end_users.py); a call of its without one is INVALID_ARGUMENT,
-and the address of any other caller is not read. Every answer carries `x-ratelimit-limit`, `x-ratelimit-remaining`
-and `x-ratelimit-reset` (seconds until the window frees a call) for the
-tightest limit (in the headers; in the trailers of an error); a refused call
-gets RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo. Calls without a principal (health, reflection) are not counted.
-A role the runtime configuration has no default for (it is checked, so this is
-a defect) is counted against the settings' default for it and logged, never failed.
+and the address of any other caller is not read. Every answer carries
+`x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` (seconds
+until the window frees a call) for the tightest limit (in the headers; in the
+trailers of an error); a refused call gets RESOURCE_EXHAUSTED with
+QuotaFailure and RetryInfo. Calls without a principal (health, reflection) are
+not counted. A role the runtime configuration has no default for (it is
+checked, so this is a defect) is counted against the settings' default for it
+and logged, never failed.
 """
 
 from __future__ import annotations

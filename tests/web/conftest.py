@@ -65,15 +65,15 @@ async def start_web(tls: Tls) -> AsyncIterator[StartWeb]:
     """Starts web tiers (settings as keyword arguments); stops them at the end of the test."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(**values: Any) -> WebTier:
-        values = {"host": "127.0.0.1", "port": 0, "session_secret": "test-session-secret"} | values
+    async def start(**options: Any) -> WebTier:
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "session_secret": "test-session-secret"} | options
         settings = WebSettings(tls_cert=tls.certificate, tls_key=tls.key, **values)
         sock = listening_socket(settings.host, settings.port)
         server = uvicorn.Server(server_config(create_app(settings), settings))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         running.append((server, task))
         async with asyncio.timeout(10):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn sets a flag, it has no event
                 await asyncio.sleep(0.01)
         return WebTier(url_of(sock, settings), settings, tls)
 

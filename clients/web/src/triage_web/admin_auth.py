@@ -131,7 +131,7 @@ async def sign_in_with_key(request: Request) -> Response:
     key = str(form.get("api_key", "")).strip()
     if not key:
         return sign_in_page(request, error="Enter an admin API key.", status_code=400)
-    parts = key.split("_")
+    parts = key.split("_", 2)
     name = f"API key {parts[1]}" if len(parts) == 3 and parts[0] == "tri" else "API key"
     expires_at = time.time() + web(request).settings.session_seconds
     admin = Admin(credential=key, name=name, kind="api_key", expires_at=expires_at)

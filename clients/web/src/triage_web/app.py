@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
+import grpc
 import httpx2
-from grpc import aio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from triage_client import AsyncTriageClient
-from triage_client.client import CHANNEL_OPTIONS, tls_credentials
+from triage_client.client import tls_credentials
 from triage_web import admin_auth, admin_pages, demo
 from triage_web.context import WebContext, templates
 from triage_web.oidc import OidcClient
@@ -34,11 +34,10 @@ log = logging.getLogger("triage_web")
 MAX_BODY_BYTES = 256 * 1024
 
 
-def _channel(settings: WebSettings) -> aio.Channel:
+def _credentials(settings: WebSettings) -> grpc.ChannelCredentials | None:
     if settings.target_tls or settings.target_ca_file is not None:
-        credentials = tls_credentials(settings.target_ca_file)
-        return aio.secure_channel(settings.target, credentials, options=CHANNEL_OPTIONS)
-    return aio.insecure_channel(settings.target, options=CHANNEL_OPTIONS)
+        return tls_credentials(settings.target_ca_file)
+    return None
 
 
 async def healthz(request: Request) -> Response:
@@ -58,22 +57,18 @@ def create_app(settings: WebSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        channel = _channel(settings)
         gateway_key = settings.api_key.get_secret_value() if settings.api_key else ""
-        async with httpx2.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+        gateway = AsyncTriageClient(settings.target, api_key=gateway_key, credentials=_credentials(settings))
+        async with gateway, httpx2.AsyncClient(timeout=10.0, follow_redirects=False) as http:
             app.state.web = WebContext(
                 settings=settings,
                 templates=templates(),
                 sessions=SessionCookies(secret, settings.session_seconds),
                 sign_in_limiter=SignInLimiter(settings.sign_in_rate_limit, secret),
-                gateway=AsyncTriageClient(settings.target, api_key=gateway_key, channel=channel),
+                gateway=gateway,
                 oidc=OidcClient(settings, http) if settings.oidc_issuer else None,
-                channel=channel,
             )
-            try:
-                yield
-            finally:
-                await channel.close()
+            yield
 
     form_targets = (origin_of(settings.oidc_issuer),) if settings.oidc_issuer else ()
     middleware = [Middleware(SecurityHeaders, headers=security_headers(form_targets))]

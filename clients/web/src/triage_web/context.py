@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from grpc import aio
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from triage_client import AsyncTriageClient
@@ -44,14 +43,11 @@ class WebContext:
     sign_in_limiter: SignInLimiter
     gateway: AsyncTriageClient
     oidc: OidcClient | None
-    channel: aio.Channel
 
     def admin_client(self, admin: Admin) -> AsyncTriageClient:
-        """A client that calls with the signed-in admin's own credential (never the gateway key).
-
-        It shares the gateway's channel: do not close it.
-        """
-        return AsyncTriageClient(self.settings.target, api_key=admin.credential, channel=self.channel)
+        """A client that calls with the signed-in admin's own credential (never the gateway key), on the
+        gateway's channel."""
+        return self.gateway.with_caller(bearer=admin.credential)
 
     def render(
         self,
@@ -89,6 +85,3 @@ def web(request: Request) -> WebContext:
 def fragment(request: Request, template: str, **values: Any) -> str:
     """A template rendered to a string (a part of a page sent as a server-sent event)."""
     return web(request).templates.get_template(template).render(request=request, **values)
-
-
-__all__ = ["HTMLResponse", "WebContext", "fragment", "templates", "web"]

@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -23,6 +22,7 @@ from triage_client import (
     AsyncTriageClient,
     InvalidArgument,
     PermissionDenied,
+    RateLimit,
     ResourceExhausted,
     TriageCase,
     TriageError,
@@ -31,9 +31,6 @@ from triage_client import (
 from triage_web import case_form, labels
 from triage_web.admin_auth import checked_form, client_address, unavailable_message
 from triage_web.context import fragment, web
-
-if TYPE_CHECKING:
-    from triage_client import RateLimit
 
 log = logging.getLogger("triage_web.demo")
 
@@ -71,7 +68,7 @@ class Outcome:
 
 def _refusal(error: ResourceExhausted) -> str:
     limit = error.rate_limit
-    wait = limit.reset_seconds if limit is not None else None
+    wait: float | None = limit.reset_seconds if limit is not None else None
     if wait is None and error.retry_delay is not None:
         wait = error.retry_delay.total_seconds()
     if limit is not None and limit.remaining == 0:
@@ -106,6 +103,9 @@ async def _explain(client: AsyncTriageClient, case: TriageCase, outcome: Outcome
         outcome.field_errors, general = case_form.placed((v.field, v.description) for v in error.field_violations)
         outcome.error = "; ".join(general) or "Some values are not valid; see the fields marked in the form."
         outcome.status_code = 422
+        if error.rate_limit is not None:  # the call counted
+            outcome.rate_limit = error.rate_limit
+            yield "ratelimit"
         yield "invalid"
     except ResourceExhausted as error:
         outcome.rate_limit = error.rate_limit or outcome.rate_limit

@@ -62,8 +62,10 @@ class SessionCookies:
         self._lifetime = lifetime_seconds
         self._fernets = {purpose: Fernet(_derive(secret, purpose)) for purpose in ("session", "oidc")}
 
-    def seal(self, purpose: Purpose, data: dict[str, Any]) -> str:
-        return self._fernets[purpose].encrypt(json.dumps(data, separators=(",", ":")).encode()).decode()
+    def seal(self, purpose: Purpose, data: dict[str, Any], *, at: float | None = None) -> str:
+        """`data` encrypted and authenticated, stamped with the time `at` (default: now)."""
+        plain = json.dumps(data, separators=(",", ":")).encode()
+        return self._fernets[purpose].encrypt_at_time(plain, int(time.time() if at is None else at)).decode()
 
     def open(self, purpose: Purpose, token: str, ttl_seconds: int) -> dict[str, Any] | None:
         """The sealed data, or None when the token is forged, tampered with, or older than `ttl_seconds`."""
