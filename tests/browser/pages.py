@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
@@ -71,15 +71,27 @@ def classify(browser: Chrome, stack: Topology, case: Mapping[str, str | tuple[st
     return result(browser)
 
 
+def answered(browser: Chrome, success: Callable[[Chrome], object]) -> None:
+    """Waits for `success` after a form post, or fails at once with the error the page shows instead."""
+    error = expected_conditions.text_to_be_present_in_element((By.ID, "error"), " ")
+    wait(browser).until(expected_conditions.any_of(success, error))
+    refused = browser.find_element(By.ID, "error").text
+    assert not refused, f"refused at {browser.current_url}: {refused}"
+
+
+def _signed_in(browser: Chrome) -> None:
+    answered(browser, expected_conditions.presence_of_element_located((By.ID, "sign-out")))
+
+
 def sign_in_with_key(browser: Chrome, stack: Topology) -> None:
     browser.get(stack.url("/admin/sign-in"))
     browser.find_element(By.NAME, "api_key").send_keys(stack.admin_key)
     browser.find_element(By.ID, "sign-in-key").click()
-    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "sign-out")))
+    _signed_in(browser)
 
 
 def sign_in_with_oidc(browser: Chrome, stack: Topology) -> None:
     """Single sign-on through the topology's issuer, which signs its one admin in at once."""
     browser.get(stack.url("/admin/sign-in"))
     browser.find_element(By.ID, "sign-in-oidc").click()
-    wait(browser).until(expected_conditions.presence_of_element_located((By.ID, "sign-out")))
+    _signed_in(browser)

@@ -1,9 +1,11 @@
 """The processes the browser talks to, started as production runs them.
 
 `triage-server serve` (its own SQLite database, secret and keys), a fake OpenAI-compatible model
-server (tests/fake_llm.py) as the provider `fake`, a local OIDC issuer (oidc_issuer.py) that the server
-and the web tier both trust, and `triage-web` calling the server with a gateway key. Each process
-logs to a file in the topology's directory, which a failing test's message points to.
+server (tests/fake_llm.py) as the provider `fake`, the fake OIDC provider of the web tier's tests
+(tests/web/fake_oidc.py) that the server and the web tier both trust, and `triage-web` calling the
+server with a gateway key. Each process logs to a file in the topology's directory, which a failing
+test's report points to. The browser tests share one topology: what one test configures (the admin
+test routes decision point B to the model) stays for the tests after it, which hold either way.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from server.domain import Role
 from server.identity.api_keys import issue_key
 from server.store.api_keys import ApiKeyStore
 from server.store.database import open_database
-from tests.browser.oidc_issuer import OidcIssuer, start_oidc_issuer
 from tests.e2e.processes import SECRET, parse_line, server_environment
 from tests.fake_llm import FakeLLM, answer, start_fake_llm
+from tests.web.fake_oidc import AUDIENCE, CLIENT_ID, FakeOidc, start_fake_oidc
 
 T = TypeVar("T")
-WEB_CLIENT_ID = "triage-web"
-API_AUDIENCE = "triage-api"
 STARTUP_SECONDS = 30.0
 
 
@@ -47,7 +47,7 @@ class Topology:
     # A gateway key with no limit of its own: the role's default (20 a day per visitor) applies.
     default_limit_gateway_key: str
     fake_llm: FakeLLM
-    issuer: OidcIssuer
+    issuer: FakeOidc
 
     def url(self, path: str) -> str:
         return f"{self.web_url}{path}"
@@ -133,7 +133,7 @@ def web_process(topology: Topology, gateway_key: str, name: str = "web") -> Iter
         "TRIAGE_WEB_API_KEY": gateway_key,
         "TRIAGE_WEB_SESSION_SECRET": "browser-tests-session-secret-0123456789",
         "TRIAGE_WEB_OIDC_ISSUER": topology.issuer.url,
-        "TRIAGE_WEB_OIDC_CLIENT_ID": WEB_CLIENT_ID,
+        "TRIAGE_WEB_OIDC_CLIENT_ID": CLIENT_ID,
         "TRIAGE_WEB_LOG_LEVEL": "info",
     }
     with _process([sys.executable, "-m", "triage_web"], env, topology.directory, name) as web:
@@ -150,7 +150,7 @@ def topology(directory: Path) -> Iterator[Topology]:
         fake_llm.defaults["high_risk"] = answer(high_risk=True, reasons=["chest pain radiating to the arm at rest"])
         stack.callback(model_http.server_close)
         stack.callback(model_http.shutdown)
-        issuer, issuer_http = start_oidc_issuer(WEB_CLIENT_ID, API_AUDIENCE)
+        issuer, issuer_http = start_fake_oidc()
         stack.callback(issuer_http.server_close)
         stack.callback(issuer_http.shutdown)
 
@@ -164,7 +164,7 @@ def topology(directory: Path) -> Iterator[Topology]:
         server_env = environment | {
             "TRIAGE_OPENAI_PROVIDERS": json.dumps({"fake": {"base_url": fake_llm.url}}),
             "TRIAGE_OIDC_ISSUER": issuer.url,
-            "TRIAGE_OIDC_AUDIENCE": API_AUDIENCE,
+            "TRIAGE_OIDC_AUDIENCE": AUDIENCE,
             "TRIAGE_OIDC_JWKS_URL": issuer.jwks_url,
         }
         server = stack.enter_context(
