@@ -1,4 +1,8 @@
-"""Fixtures of the browser tests: one headless Chromium and one topology of real processes for the session."""
+"""Fixtures of the browser tests: one headless Chromium and one topology of real processes for all of them.
+
+Both are package-scoped: started for the first browser test, stopped after the last, not kept for the rest of
+the suite. A test that needs no admin session starts from `signed_out`.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ from tests.browser.chromium import chromium
 from tests.browser.topology import Topology, topology
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Chrome]:
-    """Headless Chromium, started once: each test loads its own page and, if it signs in, signs out."""
+    """Headless Chromium, shared: each test loads the page it starts from."""
     with chromium() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(browser: Chrome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """The server, the fake model server, the OIDC issuer and triage-web (after the browser: no browser, no start)."""
     with topology(tmp_path_factory.mktemp("topology")) as running:
