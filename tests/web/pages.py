@@ -1,8 +1,11 @@
-"""What the security tests look for in a page: its markup as a browser would parse it."""
+"""What the tests read in the web tier's answers: markup as a browser parses it, forms, server-sent events."""
 
 from __future__ import annotations
 
+import json
+import re
 from html.parser import HTMLParser
+from typing import Any
 
 # One payload for every text field: were it not escaped, it would add a script, an event handler, an
 # element and an attribute.
@@ -48,3 +51,24 @@ def assert_inert(html: str, *, shown: bool = True) -> None:
     assert XSS not in html
     if shown:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def settings_form(html: str) -> dict[str, str]:
+    """The settings form's fields as the page filled them in (inputs and each select's selected option)."""
+    form = html[html.index('id="settings-form"') : html.index("</form>", html.index('id="settings-form"'))]
+    values = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form))
+    for name, options in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', form, re.S):
+        selected = re.search(r'<option value="([^"]*)" selected>', options)
+        assert selected is not None, name
+        values[name] = selected[1]
+    return values
+
+
+def events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of a response body, parsed as the page's script does."""
+    found = []
+    for block in body.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if line)
+        if lines:
+            found.append((lines["event"], json.loads(lines["data"])))
+    return found

@@ -13,20 +13,10 @@ from server.app import TriageServer
 from server.calls import Role
 from tests.support import make_case
 from tests.web.conftest import StartWeb, WebTier, csrf_token, sign_in
+from tests.web.pages import settings_form
 from triage.v1 import admin_service_pb2, classification_pb2
 from triage_client import AsyncTriageClient, Unauthenticated
 from triage_web.sessions import SessionCookies
-
-
-def settings_form(html: str) -> dict[str, str]:
-    """The settings form's fields as the page filled them in (inputs and each select's selected option)."""
-    form = html[html.index('id="settings-form"') : html.index("</form>", html.index('id="settings-form"'))]
-    values = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form))
-    for name, options in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', form, re.S):
-        selected = re.search(r'<option value="([^"]*)" selected>', options)
-        assert selected is not None, name
-        values[name] = selected[1]
-    return values
 
 
 async def test_an_admin_signs_in_with_a_key_and_other_keys_do_not(

@@ -3,10 +3,8 @@ script), the API's validation messages, the 20-a-day limit per visitor, and noth
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from typing import Any
 
 import httpx2
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from server.app import TriageServer
 from server.calls import Role
 from tests.web.conftest import StartWeb, csrf_token
-from tests.web.pages import XSS, assert_inert, markup
+from tests.web.pages import XSS, assert_inert, events, markup
 from triage_web.case_form import FORM_NAMES, error_id
 
 STREAM = {"Accept": "text/event-stream"}
@@ -27,16 +25,6 @@ async def case(browser: httpx2.AsyncClient, **fields: str) -> dict[str, str]:
         "chief_complaint": "chest pain",
         **{name.replace("__", "."): value for name, value in fields.items()},
     }
-
-
-def events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    """The server-sent events of a response body, parsed as the page's script does."""
-    found = []
-    for block in body.split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines() if line)
-        if lines:
-            found.append((lines["event"], json.loads(lines["data"])))
-    return found
 
 
 def text_of(html: str, element_id: str) -> str:

@@ -7,9 +7,9 @@ import httpx2
 import pytest
 
 from server.config import ProviderSettings, Settings
-from tests.fake_llm import FakeLLM, answer
+from tests.fake_llm import FakeLLM, Reply, answer
 from tests.web.conftest import WebTier, csrf_token
-from tests.web.test_admin import settings_form
+from tests.web.pages import events, settings_form
 
 MODEL = "fake:triage-model"
 
@@ -34,21 +34,37 @@ async def test_an_admin_routes_high_risk_to_a_model_and_sees_its_cost_in_usage(
     form = settings_form(priced.text)
     routed = await admin.post(
         "/admin/settings",
-        data=form | {"steps.high_risk.backend": MODEL, "steps.high_risk.strategy": "most_urgent"},
+        data=form
+        | {
+            "steps.high_risk.backend": MODEL,
+            "steps.high_risk.strategy": "most_urgent",
+            "steps.narrative.backend": MODEL,
+            "steps.narrative.strategy": "model",
+        },
     )
     assert routed.status_code == 200, routed.text
-    assert "Saved as version 2: high_risk.backend, high_risk.strategy." in routed.text
+    assert "Saved as version 2: high_risk.backend, high_risk.strategy, narrative.backend, narrative.strategy." in (
+        routed.text
+    )
 
-    # The next classification on the demo page shows the model's answer and its backend.
+    # The next case on the demo page shows the model's answer and its backend, and its narrative as it comes.
     fake_llm.plan("high_risk", answer(high_risk=True, reasons=["thunderclap onset"]))
+    fake_llm.plan("narrative", Reply(chunks=("Sudden severe headache ", "needs a physician now."), output_tokens=30))
     async with web.browser() as visitor:
         page = await visitor.get("/")
         form = {"csrf_token": csrf_token(page.text), "age.value": "30", "age.unit": "years"}
-        result = await visitor.post("/explain", data=form | {"chief_complaint": "headache"})
-    assert 'data-level="2"' in result.text
-    assert f'B. High risk: <span class="backend">{MODEL}</span>' in result.text
-    assert "thunderclap onset" in result.text
-    assert "cost 0.00032 US dollars" in result.text
+        streamed = await visitor.post(
+            "/explain", data=form | {"chief_complaint": "headache"}, headers={"Accept": "text/event-stream"}
+        )
+    stream = events(streamed.text)
+    narrative = [data["text"] for name, data in stream if name == "narrative"]
+    assert narrative == ["Sudden severe headache ", "Sudden severe headache needs a physician now."]
+    result = next(data["html"] for name, data in stream if name == "result")
+    assert 'data-level="2"' in result
+    assert f'B. High risk: <span class="backend">{MODEL}</span>' in result
+    assert "thunderclap onset" in result
+    # Each model call: 200 input and 30 output tokens at 1 and 4 USD per million, 320 micro-dollars.
+    assert "cost 0.00064 US dollars" in result
 
     page = await admin.get("/admin/usage")
     usage = page.text[page.text.index('<div id="usage">') :]
@@ -56,10 +72,9 @@ async def test_an_admin_routes_high_risk_to_a_model_and_sees_its_cost_in_usage(
     assert 'role="img"' in usage
     for caption in ("By day", "By step", "By backend", "By key"):
         assert f"<caption>{caption}</caption>" in usage
-    # 200 input and 30 output tokens at 1 and 4 USD per million: 320 micro-dollars.
-    assert f'<tr><th scope="row">{MODEL}</th><td>1</td><td>200</td><td>30</td><td>0.00032</td></tr>' in usage
+    assert f'<tr><th scope="row">{MODEL}</th><td>2</td><td>400</td><td>60</td><td>0.00064</td></tr>' in usage
     assert "test-gateway (" in usage  # the key that made the call, by its name
-    assert "0.00032 of 20.00 US dollars spent" in usage
+    assert "0.00064 of 20.00 US dollars spent" in usage
 
     empty = await admin.get("/admin/usage", params={"start": "2020-01-01", "end": "2020-01-31"})
     assert "No usage in this range." in empty.text

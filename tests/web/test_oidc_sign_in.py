@@ -14,8 +14,7 @@ from server.app import TriageServer
 from server.config import Settings
 from tests.web.conftest import StartWeb, WebTier, csrf_token
 from tests.web.fake_oidc import AUDIENCE, CLIENT_ID, FakeOidc, start_fake_oidc
-from tests.web.pages import XSS, assert_inert
-from tests.web.test_admin import settings_form
+from tests.web.pages import XSS, assert_inert, settings_form
 from triage_client import AsyncTriageClient
 
 

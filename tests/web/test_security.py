@@ -9,8 +9,7 @@ from server.app import TriageServer
 from server.calls import Role
 from tests.support import make_case
 from tests.web.conftest import StartWeb, WebTier, csrf_token
-from tests.web.pages import XSS, assert_inert, markup
-from tests.web.test_admin import settings_form
+from tests.web.pages import XSS, assert_inert, markup, settings_form
 from triage_client import AsyncTriageClient
 
 ADMIN_PAGES = ("/admin/settings", "/admin/usage", "/admin/audit", "/admin/keys", "/admin/backends")

@@ -27,9 +27,10 @@ from triage_client import (
     Unavailable,
 )
 from triage_web import labels
-from triage_web.context import WebContext, web
+from triage_web.context import WebContext, client_address, web
+from triage_web.labels import unavailable_message
 from triage_web.oidc import OidcError, Transaction
-from triage_web.security import cross_site_reason
+from triage_web.security import checked_form, refused
 from triage_web.sessions import Admin, Session
 
 log = logging.getLogger("triage_web.admin")
@@ -39,10 +40,6 @@ HOME = "/admin/settings"
 
 AdminHandler = Callable[[Request, WebContext, AsyncTriageClient], Awaitable[Response]]
 FormHandler = Callable[[Request, WebContext, AsyncTriageClient, FormData], Awaitable[Response]]
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client is not None else ""
 
 
 def _next_page(value: str | None) -> str:
@@ -55,22 +52,6 @@ def sign_in_page(
     next_page = _next_page(request.query_params.get("next"))
     values = {"error": error, "notice": notice, "next_page": next_page}
     return web(request).render(request, "admin/sign_in.html", values, status_code=status_code, session=session)
-
-
-def refused(request: Request, reason: str) -> Response:
-    """A form post that did not come from this site's page (or came too late)."""
-    log.warning("form post refused: %s", reason)
-    message = "This form was not sent from this site's page, or the page was open too long. Reload it and try again."
-    return web(request).render(request, "error.html", {"error": message, "title": "Form refused"}, status_code=403)
-
-
-async def checked_form(request: Request) -> tuple[FormData, str | None]:
-    """The posted form, and why it must be refused as cross-site (None when it may be used)."""
-    form = await request.form()
-    context = web(request)
-    session = context.sessions.read(request)
-    token = str(form.get("csrf_token", ""))
-    return form, cross_site_reason(request, session, token, context.settings.public_url)
 
 
 async def _limited(request: Request) -> Response | None:
@@ -107,12 +88,6 @@ async def _signed_in(request: Request, admin: Admin, *, oidc: bool) -> Response:
         context.sessions.write(request, response, session)
     log.info("admin signed in (%s)", admin.kind)
     return response
-
-
-def unavailable_message(error: TriageError) -> str:
-    if isinstance(error, Unavailable | DeadlineExceeded):
-        return "The triage service is not answering. Try again in a moment."
-    return f"The triage service answered with an error ({error.code.name})."
 
 
 async def sign_in_form(request: Request) -> Response:

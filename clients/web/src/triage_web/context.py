@@ -77,6 +77,11 @@ class WebContext:
         return response
 
 
+def client_address(request: Request) -> str:
+    """The visitor's address: the connecting one, or X-Forwarded-For's from a trusted proxy (uvicorn's)."""
+    return request.client.host if request.client is not None else ""
+
+
 def web(request: Request) -> WebContext:
     context: WebContext = request.app.state.web
     return context

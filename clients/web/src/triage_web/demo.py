@@ -29,8 +29,9 @@ from triage_client import (
     Unauthenticated,
 )
 from triage_web import case_form, labels
-from triage_web.admin_auth import checked_form, client_address, unavailable_message
-from triage_web.context import fragment, web
+from triage_web.context import client_address, fragment, web
+from triage_web.labels import unavailable_message
+from triage_web.security import checked_form
 
 log = logging.getLogger("triage_web.demo")
 

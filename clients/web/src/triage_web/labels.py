@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from triage.v1 import admin_service_pb2, classification_pb2
+from triage_client import DeadlineExceeded, TriageError, Unavailable
 
 
 class Level:
@@ -80,10 +81,8 @@ MICROS = Decimal(1_000_000)
 
 def usd(micros: int) -> str:
     """Millionths of a dollar as dollars: 20000000 -> 20.00, 1234 -> 0.001234."""
-    amount = (Decimal(micros) / MICROS).normalize()
-    text = f"{amount:f}"
-    whole, _, fraction = text.partition(".")
-    return f"{int(whole):,}.{fraction.ljust(2, '0')}" if whole.lstrip("-") else text
+    whole, _, fraction = f"{(Decimal(micros) / MICROS).normalize():f}".partition(".")
+    return f"{int(whole):,}.{fraction.ljust(2, '0')}"
 
 
 def usd_input(micros: int) -> str:
@@ -128,3 +127,10 @@ def duration(seconds: float) -> str:
     if minutes:
         return f"{minutes} min" + (f" {secs} s" if secs else "")
     return f"{secs} s"
+
+
+def unavailable_message(error: TriageError) -> str:
+    """What to tell a person when the gRPC server failed a call."""
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return "The triage service is not answering. Try again in a moment."
+    return f"The triage service answered with an error ({error.code.name})."

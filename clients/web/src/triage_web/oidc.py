@@ -167,14 +167,17 @@ class OidcClient:
 
     async def _key(self, jwks_uri: str, kid: str | None) -> jwt.PyJWK:
         """The signing key named `kid`; the key set is fetched again when it does not know it (rotation)."""
-        for fetch in (self._keys is None, True):
-            if fetch:
-                try:
-                    self._keys = jwt.PyJWKSet.from_dict(await self._get_json(jwks_uri))
-                except jwt.PyJWKSetError:
-                    raise OidcError("the identity provider's signing keys are unusable") from None
-            assert self._keys is not None
-            found = [k for k in self._keys.keys if kid is None or k.key_id == kid]
-            if found:
-                return found[0]
-        raise OidcError("the ID token is signed with a key the identity provider does not publish")
+        found = self._find(kid)
+        if found is None:
+            try:
+                self._keys = jwt.PyJWKSet.from_dict(await self._get_json(jwks_uri))
+            except jwt.PyJWKSetError:
+                raise OidcError("the identity provider's signing keys are unusable") from None
+            found = self._find(kid)
+        if found is None:
+            raise OidcError("the ID token is signed with a key the identity provider does not publish")
+        return found
+
+    def _find(self, kid: str | None) -> jwt.PyJWK | None:
+        keys = self._keys.keys if self._keys is not None else []
+        return next((key for key in keys if kid is None or key.key_id == kid), None)

@@ -1,4 +1,4 @@
-"""Security headers on every response, and the check that a form post came from this site.
+"""Security headers on every response, and the check that a form post came from this site's page.
 
 The Content-Security-Policy allows scripts, styles and images from this origin only: no inline script
 or style, no eval, no framing. Forms may post here, and to the OIDC issuer (the sign-in redirect).
@@ -7,14 +7,19 @@ or style, no eval, no framing. Forms may post here, and to the OIDC issuer (the 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import FormData, MutableHeaders
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from triage_web.context import web
 from triage_web.sessions import Session
+
+log = logging.getLogger("triage_web.security")
 
 
 def origin_of(url: str) -> str:
@@ -88,3 +93,19 @@ def cross_site_reason(request: Request, session: Session, token: str, public_url
     if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
         return "missing or wrong form token"
     return None
+
+
+async def checked_form(request: Request) -> tuple[FormData, str | None]:
+    """The posted form, and why it must be refused as cross-site (None when it may be used)."""
+    form = await request.form()
+    context = web(request)
+    session = context.sessions.read(request)
+    token = str(form.get("csrf_token", ""))
+    return form, cross_site_reason(request, session, token, context.settings.public_url)
+
+
+def refused(request: Request, reason: str) -> Response:
+    """The answer to a form post that did not come from this site's page (or came too late)."""
+    log.warning("form post refused: %s", reason)
+    message = "This form was not sent from this site's page, or the page was open too long. Reload it and try again."
+    return web(request).render(request, "error.html", {"error": message, "title": "Form refused"}, status_code=403)
