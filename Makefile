@@ -65,7 +65,7 @@ web: setup
 	@if [ ! -s $(WEB_KEY) ] || [ ! -f triage.db ] || [ ! -f triage-secret.key ]; then \
 	  umask 077 && $(BIN)/triage-server keys create --name local-web --role gateway | tail -n 1 > $(WEB_KEY); \
 	fi
-	@echo "admin console: http://127.0.0.1:$${TRIAGE_WEB_PORT:-8080}/admin (sign in with the key in $(DEV_KEY))"
+	@echo "the demo at / and the admin console at /admin of the URL below (sign in with the key in $(DEV_KEY))"
 	TRIAGE_WEB_API_KEY=$$(cat $(WEB_KEY)) $(BIN)/triage-web
 
 test: setup $(GHZ) promtool $(GO_PLUGINS) go-example lint

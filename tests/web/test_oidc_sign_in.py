@@ -133,9 +133,16 @@ async def test_a_callback_must_belong_to_the_sign_in_this_browser_started(
 
 
 async def test_text_from_the_provider_is_inert(sso_browser: httpx2.AsyncClient, oidc: FakeOidc) -> None:
-    oidc.claims |= {"name": XSS}
+    oidc.claims |= {"name": XSS, "sub": XSS}
     callback = await sso_browser.get(await back_from_provider(await to_provider(sso_browser)))
     assert_inert(callback.text)
-    assert_inert((await sso_browser.get("/admin/settings")).text)
+    settings = await sso_browser.get("/admin/settings")
+    assert_inert(settings.text)
+    # The server names the admin who changed the settings by the token's subject.
+    saved = await sso_browser.post(
+        "/admin/settings", data=settings_form(settings.text) | {"danger_zone_policy": "flag_only"}
+    )
+    assert "Saved as version 1" in saved.text
+    assert_inert(saved.text)
     refused = await sso_browser.get("/admin/oidc/callback", params={"error": XSS})
     assert_inert(refused.text)

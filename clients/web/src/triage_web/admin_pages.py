@@ -6,7 +6,7 @@ Every call is made with the signed-in admin's own credential (admin_auth.admin_p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -42,7 +42,7 @@ async def _settings_page(
     values: config_form.SettingsForm | None = None,
     config: admin_service_pb2.Config | None = None,
     notice: str = "",
-    errors: Iterable[str] = (),
+    errors: Sequence[str] = (),
     status_code: int = 200,
 ) -> Response:
     if config is None:
@@ -58,8 +58,7 @@ async def _settings_page(
         "values": values,
         "options": options,
         "notice": notice,
-        "error": "; ".join(errors),
-        "errors": list(errors),
+        "errors": errors,
     }
     return context.render(request, "admin/settings.html", page, status_code=status_code)
 

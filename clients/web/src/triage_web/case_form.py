@@ -182,7 +182,7 @@ def parse(form: FormData) -> Submission:
     case.chief_complaint = text("chief_complaint")
     case.history = text("history")
     if text("age.value"):
-        unit = AGE_UNITS.get(text("age.unit"))
+        unit = AGE_UNITS.get(text("age.unit") or "years")
         number = _number(text("age.value"), integer=True)
         if unit is None:
             errors["age.value"] = "choose years, months or days"

@@ -9,7 +9,6 @@
     return;
   }
   const button = document.getElementById("submit-case");
-  const outcome = document.getElementById("outcome");
   const byId = (id) => document.getElementById(id);
 
   function reset() {
@@ -85,11 +84,16 @@
     }
   }
 
+  let busy = false;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (busy) {
+      return;
+    }
+    busy = true;
     reset();
-    button.disabled = true;
-    outcome.setAttribute("aria-busy", "true");
+    // Not `disabled`: a disabled button would drop the keyboard focus to the page.
+    button.setAttribute("aria-disabled", "true");
     try {
       const response = await fetch(form.action, {
         method: "POST",
@@ -118,8 +122,8 @@
     } catch (error) {
       showError("The connection to the service was lost. Try again.");
     } finally {
-      button.disabled = false;
-      outcome.removeAttribute("aria-busy");
+      busy = false;
+      button.removeAttribute("aria-disabled");
     }
   });
 })();
