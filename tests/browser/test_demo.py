@@ -86,7 +86,9 @@ def test_the_21st_demo_call_of_the_day_is_refused_with_when_it_resets(
     left = browser.find_element(By.ID, "rate-limit").text
     assert re.match(r"0 of 20 calls left today; the next one frees up at \d\d:\d\d UTC \(in .+\)\.$", left), left
 
-    browser.find_element(By.ID, "submit-case").click()
+    button = browser.find_element(By.ID, "submit-case")
+    wait(browser).until(lambda _: button.get_attribute("aria-disabled") is None)  # the 20th's stream has ended
+    button.click()
     refusal = wait(browser).until(
         expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "#result-error p"))
     )
