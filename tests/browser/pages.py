@@ -59,8 +59,13 @@ def fill_case(browser: Chrome, case: Mapping[str, str | tuple[str, ...]]) -> Non
 
 
 def result(browser: Chrome) -> WebElement:
-    """The result card once it is there (the streamed answer's last event)."""
-    return wait(browser).until(expected_conditions.visibility_of_element_located((By.ID, "result")))
+    """The result card once it is there (the streamed answer's last event); fails at once on an error instead."""
+    card = expected_conditions.visibility_of_element_located((By.ID, "result"))
+    error = expected_conditions.text_to_be_present_in_element((By.ID, "result-error"), " ")
+    wait(browser).until(expected_conditions.any_of(card, error))
+    refused = browser.find_element(By.ID, "result-error").text
+    assert not refused, f"no result at {browser.current_url}: {refused}"
+    return browser.find_element(By.ID, "result")
 
 
 def classify(browser: Chrome, stack: Topology, case: Mapping[str, str | tuple[str, ...]] = CHEST_PAIN) -> WebElement:

@@ -99,3 +99,20 @@ def test_the_21st_demo_call_of_the_day_is_refused_with_when_it_resets(
     ), refusal.text
     assert browser.find_element(By.ID, "result-error").get_attribute("role") == "alert"
     assert not browser.find_elements(By.ID, "result")
+
+
+def test_without_script_the_form_posts_and_the_page_that_comes_back_shows_the_result(
+    browser: Chrome, stack: Topology
+) -> None:
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.get(stack.url("/"))
+        fill_case(browser, CHEST_PAIN)
+        browser.find_element(By.ID, "submit-case").click()
+
+        card = result(browser)
+        assert card.get_attribute("data-level") == "2"
+        assert browser.find_elements(By.CSS_SELECTOR, "#steps > li.decisive")
+        assert browser.current_url == stack.url("/explain")  # a page of its own: the form was posted, not fetched
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
