@@ -16,6 +16,8 @@ _REQUIRED_BY = {
     "protoc-gen-go": "TEST_REQUIRE_GO",
     "protoc-gen-go-grpc": "TEST_REQUIRE_GO",
     "promtool": "TEST_REQUIRE_PROMTOOL",
+    "chromium": "TEST_REQUIRE_BROWSER",
+    "chromedriver": "TEST_REQUIRE_BROWSER",
 }
 
 
