@@ -23,7 +23,7 @@ GO_PLUGINS := $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 # The contract as last released: `buf breaking` (make lint) allows only compatible changes from it.
 API_RELEASE := api-releases/v1.0.0.json
 
-.PHONY: setup run web test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean promtool
+.PHONY: setup run web screenshots test lint proto plugins stubs go-example api-release bench topology soak chaos eval train lock clean promtool
 
 setup: $(STAMP)
 
@@ -70,6 +70,11 @@ web: setup
 
 test: setup $(GHZ) promtool $(GO_PLUGINS) go-example lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+# The browser tests' screenshots of every page into docs/screenshots/, which the README shows
+# (a plain test run writes them to build/screenshots/). Needs chromium and chromium-driver.
+screenshots: setup
+	TEST_SCREENSHOTS_DIR=docs/screenshots TEST_REQUIRE_BROWSER=1 $(BIN)/pytest tests/browser -q
 
 lint: setup
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ def test_every_page_has_no_serious_accessibility_violation(signed_out: Chrome, s
     found: dict[str, str] = {}
 
     def check(name: str, *, photographed: bool = True) -> None:
-        """axe on the page as it is now, and its screenshot as docs/screenshots/<name>.png."""
+        """axe on the page as it is now, and its screenshot as <name>.png (tests/browser/screenshots.py)."""
         serious = [v for v in violations(browser) if v["impact"] in FAILING]
         if serious:
             found[name] = describe(serious)

@@ -38,7 +38,7 @@ async def test_every_page_has_a_strict_csp_security_headers_and_no_inline_code(
         assert "unsafe" not in policy
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
-        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["referrer-policy"] == "same-origin"
         assert response.headers["strict-transport-security"].startswith("max-age=")
         assert response.headers["cache-control"] == "no-store"
         assert "server" not in response.headers

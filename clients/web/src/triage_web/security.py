@@ -40,8 +40,10 @@ def security_headers(form_targets: tuple[str, ...] = ()) -> dict[str, str]:
         "Content-Security-Policy": content_security_policy(form_targets),
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        # The OIDC callback's URL carries the authorization code: no page sends its URL anywhere.
-        "Referrer-Policy": "no-referrer",
+        # The OIDC callback's URL carries the authorization code: no page sends its URL to another site.
+        # Not no-referrer: under it browsers send `Origin: null` with a form post, which the check below
+        # must refuse, so no form of this site's would work (seen in Chromium).
+        "Referrer-Policy": "same-origin",
         "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
