@@ -148,6 +148,15 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     await server.stop()
 
 
+@pytest.fixture
+async def redis_backed(settings: Settings, redis_server: RedisServer) -> AsyncIterator[TriageServer]:
+    """A server with Redis for the rate limits alone (no cache, which would use it too)."""
+    server = TriageServer(settings.model_copy(update={"redis_url": redis_server.url, "cache_ttl_seconds": 0}))
+    await server.start()
+    yield server
+    await server.stop(grace_seconds=0)
+
+
 KeysFor = Callable[[TriageServer], Awaitable[str]]
 
 

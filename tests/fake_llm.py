@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support import send_json
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -83,12 +85,7 @@ def _handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up: as a real server, carry on
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         def _stream(self, request: dict[str, Any], reply: Reply) -> None:
             self.send_response(200)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import json
 import re
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,13 @@ def downgrade(url: str, revision: str) -> None:
             command.downgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: object) -> None:
+    """Answers a request of a local http.server (the fake model, OIDC and JWKS servers) with JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

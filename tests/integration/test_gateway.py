@@ -300,14 +300,6 @@ async def test_the_address_is_nowhere_but_usage_and_audit_name_the_gateway_key(
     assert key_id in stored
 
 
-@pytest.fixture
-async def redis_backed(settings: Settings, redis_server: RedisServer) -> AsyncIterator[TriageServer]:
-    server = TriageServer(settings.model_copy(update={"redis_url": redis_server.url, "cache_ttl_seconds": 0}))
-    await server.start()
-    yield server
-    await server.stop(grace_seconds=0)
-
-
 async def test_in_redis_an_end_user_is_only_a_keyed_hash(redis_backed: TriageServer, redis_server: RedisServer) -> None:
     key = await issue_test_key(redis_backed, Role.GATEWAY)
     async with AsyncTriageClient(f"127.0.0.1:{redis_backed.port}", api_key=key) as gateway:

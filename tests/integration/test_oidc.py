@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from server.app import TriageServer
 from server.config import Settings
-from tests.support import make_case
+from tests.support import make_case, send_json
 from triage_client import AsyncTriageClient, PermissionDenied, Unauthenticated
 
 ISSUER = "https://accounts.example.org"
@@ -32,15 +32,11 @@ def signing_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="module")
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
-    body = json.dumps({"keys": [jwk | {"kid": KID, "use": "sig", "alg": "RS256"}]}).encode()
+    body = {"keys": [jwk | {"kid": KID, "use": "sig", "alg": "RS256"}]}
 
     class Jwks(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, 200, body)
 
         def log_message(self, *args: Any) -> None:
             pass

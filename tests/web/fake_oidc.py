@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support import send_json
+
 KID = "fake-oidc-1"
 AUDIENCE = "triage-api"  # the gRPC server's TRIAGE_OIDC_AUDIENCE
 CLIENT_ID = "triage-web"
@@ -119,12 +121,7 @@ def _handler(fake: FakeOidc) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": "not_found"})
 
         def _json(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         def log_message(self, *args: Any) -> None:
             pass
