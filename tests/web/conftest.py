@@ -66,7 +66,11 @@ async def start_web(tls: Tls) -> AsyncIterator[StartWeb]:
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(**options: Any) -> WebTier:
-        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "session_secret": "test-session-secret"} | options
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "session_secret": "test-session-secret-0123456789abcdef",
+        } | options
         settings = WebSettings(tls_cert=tls.certificate, tls_key=tls.key, **values)
         sock = listening_socket(settings.host, settings.port)
         server = uvicorn.Server(server_config(create_app(settings), settings))

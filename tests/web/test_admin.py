@@ -71,7 +71,7 @@ async def test_a_session_ends_after_its_lifetime_or_when_tampered_with(
     async with web.browser(cookies={"triage_session": tampered}) as other:
         assert (await other.get("/admin/settings")).status_code == 303
 
-    sessions = SessionCookies(b"test-session-secret", web.settings.session_seconds)
+    sessions = SessionCookies(b"test-session-secret-0123456789abcdef", web.settings.session_seconds)
     who = {"credential": keys[Role.ADMIN], "name": "an admin", "kind": "api_key", "expires_at": time.time() + 3600}
     for age_seconds, status in ((60, 200), (web.settings.session_seconds + 60, 303)):
         cookie = sessions.seal("session", {"csrf": "token", "admin": who}, at=time.time() - age_seconds)
@@ -168,9 +168,46 @@ async def test_settings_the_server_refuses_are_shown_next_to_their_fields(
     assert error is not None
     assert error[1]
     assert (await client.get_config()).config.version == 0
-    bad_amount = await admin.post("/admin/settings", data=form | {"global_monthly_budget_usd": "-3"})
-    assert bad_amount.status_code == 400
-    assert re.search(r'id="error-global_monthly_budget_usd">must be an amount', bad_amount.text)
+    for amount in ("-3", "1e22", "NaN"):
+        bad_amount = await admin.post("/admin/settings", data=form | {"global_monthly_budget_usd": amount})
+        assert bad_amount.status_code == 400, amount
+        assert re.search(r'id="error-global_monthly_budget_usd">must be an amount', bad_amount.text), amount
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/audit?page_size=%C2%B2",  # '²' is a digit to str.isdigit, not to int()
+        "/admin/audit?start=2026-01-01T00:00%2B14:00&end=nonsense",
+        "/admin/usage?end=9999-12-31",
+        "/admin/usage?start=yesterday",
+        "/admin/oidc/callback?state=%C3%A9&code=x",
+    ],
+)
+async def test_odd_query_values_get_a_page_that_says_so_never_a_500(admin: httpx2.AsyncClient, path: str) -> None:
+    response = await admin.get(path)
+
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert "<main" in response.text
+
+
+async def test_a_link_from_another_site_does_not_replace_the_session(
+    admin: httpx2.AsyncClient, keys: dict[Role, str]
+) -> None:
+    # A SameSite=Strict cookie is not sent on a navigation from another site: the page loads itself again
+    # (then same-site, with the cookie) rather than answering a new visitor and replacing the session.
+    arrival = await admin.get(
+        "/admin/usage",
+        headers={"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate", "cookie": ""},
+    )
+
+    assert arrival.status_code == 200
+    assert "set-cookie" not in arrival.headers
+    assert '<meta http-equiv="refresh" content="0">' in arrival.text
+    assert arrival.headers["content-security-policy"].startswith("default-src 'none'")
+    reload = await admin.get("/admin/usage", headers={"sec-fetch-site": "same-origin", "sec-fetch-mode": "navigate"})
+    assert reload.status_code == 200
+    assert "Usage and cost" in reload.text
 
 
 async def test_keys_are_created_with_the_secret_shown_once_listed_and_revoked(

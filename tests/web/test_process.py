@@ -21,7 +21,7 @@ async def test_triage_web_serves_on_the_port_it_prints_and_stops_on_sigterm(
         "TRIAGE_TARGET": f"127.0.0.1:{server.port}",
         "TRIAGE_WEB_PORT": "0",
         "TRIAGE_WEB_API_KEY": keys[Role.GATEWAY],
-        "TRIAGE_WEB_SESSION_SECRET": "process-test-secret",
+        "TRIAGE_WEB_SESSION_SECRET": "process-test-secret-0123456789abcdef",
         "TRIAGE_WEB_PROT": "8081",  # a typo: reported, not fatal
     }
     process = await asyncio.create_subprocess_exec(

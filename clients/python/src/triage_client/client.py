@@ -259,6 +259,7 @@ class TriageClient(_Caller):
             request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
         )
         started = False
+        self.rate_limit = None  # a stream that ends before its first step reports none
         try:
             for response in stream:
                 if not started:
@@ -448,6 +449,7 @@ class AsyncTriageClient(_Caller):
             request, timeout=timeout or self.deadlines.explain_seconds, metadata=self._metadata
         )
         started = False
+        self.rate_limit = None  # a stream that ends before its first step reports none
         try:
             async for response in call:
                 if not started:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from triage_client import (
     AsyncTriageClient,
     DeadlineExceeded,
     PermissionDenied,
+    ResourceExhausted,
     TriageError,
     Unauthenticated,
     Unavailable,
@@ -144,12 +146,14 @@ async def oidc_callback(request: Request) -> Response:
     pending = context.sessions.read_oidc(request)
     query = request.query_params
     if query.get("error"):
-        return sign_in_page(request, error=f"The identity provider did not sign you in ({query['error'][:64]}).")
+        response = sign_in_page(request, error=f"The identity provider did not sign you in ({query['error'][:64]}).")
+        context.sessions.clear_oidc(response)
+        return response
     try:
         transaction = Transaction(**pending) if pending is not None else None
     except TypeError:
         transaction = None
-    if transaction is None or not secrets.compare_digest(query.get("state", ""), transaction.state):
+    if transaction is None or not secrets.compare_digest(query.get("state", "").encode(), transaction.state.encode()):
         message = "This sign-in expired or was not started here. Sign in again."
         return sign_in_page(request, error=message, status_code=400)
     try:
@@ -188,6 +192,16 @@ def admin_page(handler: AdminHandler) -> Callable[[Request], Awaitable[Response]
         except (Unavailable, DeadlineExceeded) as error:
             values = {"error": unavailable_message(error), "title": "Service unavailable"}
             return context.render(request, "error.html", values, status_code=503)
+        except ResourceExhausted as error:
+            wait = error.retry_delay.total_seconds() if error.retry_delay is not None else 1.0
+            values = {"error": f"Too many admin calls at once; try again in {labels.duration(wait)}.", "title": "Busy"}
+            headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+            return context.render(request, "error.html", values, status_code=429, headers=headers)
+        except TriageError as error:
+            # Anything else the service refused or failed at: said on a page, never a 500 without one.
+            log.warning("admin call failed: %s", error.code.name)
+            values = {"error": f"The triage service could not do this ({error.code.name}).", "title": "Not done"}
+            return context.render(request, "error.html", values, status_code=502)
 
     return page
 

@@ -140,9 +140,11 @@ def _date(text: str | None, default: date) -> date | None:
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         return None
+    # The range ends the day after its last: the last day must have one.
+    return day if day < date.max else None
 
 
 async def _key_names(client: AsyncTriageClient) -> dict[str, str]:
@@ -232,9 +234,11 @@ async def usage_page(request: Request, context: WebContext, client: AsyncTriageC
 def _moment(text: str) -> datetime | None:
     """A datetime-local value (YYYY-MM-DDTHH:MM, UTC); None when it is none."""
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
+    # The form's datetime-local values have no zone and mean UTC; a time given with its offset keeps it.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 @admin_page
@@ -244,7 +248,7 @@ async def audit_page(request: Request, context: WebContext, client: AsyncTriageC
     page |= {"page_size": query.get("page_size", "50"), "next_token": "", "first": not query.get("page_token")}
     bounds = {name: _moment(query[name]) if query.get(name) else None for name in ("start", "end")}
     bad = [name for name in ("start", "end") if query.get(name) and bounds[name] is None]
-    size = int(page["page_size"]) if page["page_size"].isdigit() else -1
+    size = int(page["page_size"]) if page["page_size"].isdecimal() else -1
     if bad or not 1 <= size <= 1000:
         page["error"] = "Give the range as date and time (UTC), and a page size from 1 to 1,000."
         return context.render(request, "admin/audit.html", page, status_code=400)
@@ -306,7 +310,7 @@ async def create_key(request: Request, context: WebContext, client: AsyncTriageC
         refuse_over_budget=bool(submitted["refuse_over_budget"]),
     )
     if submitted["expires_in_days"]:
-        if submitted["expires_in_days"].isdigit() and 0 < int(submitted["expires_in_days"]) <= 36_525:
+        if submitted["expires_in_days"].isdecimal() and 0 < int(submitted["expires_in_days"]) <= 36_525:
             create.expires_in.CopyFrom(duration_pb2.Duration(seconds=int(submitted["expires_in_days"]) * 86_400))
         else:
             errors["expires_in_days"] = "must be a whole number of days, 1 to 36,525"

@@ -24,7 +24,7 @@ from triage_web import admin_auth, admin_pages, demo
 from triage_web.context import WebContext, templates
 from triage_web.oidc import OidcClient
 from triage_web.security import SecurityHeaders, origin_of, security_headers
-from triage_web.sessions import SessionCookies
+from triage_web.sessions import CrossSiteArrivals, SessionCookies
 from triage_web.settings import WebSettings
 from triage_web.sign_in_limits import SignInLimiter
 
@@ -71,7 +71,7 @@ def create_app(settings: WebSettings) -> Starlette:
             yield
 
     form_targets = (origin_of(settings.oidc_issuer),) if settings.oidc_issuer else ()
-    middleware = [Middleware(SecurityHeaders, headers=security_headers(form_targets))]
+    middleware = [Middleware(SecurityHeaders, headers=security_headers(form_targets)), Middleware(CrossSiteArrivals)]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET"]))
     routes = [

@@ -67,7 +67,7 @@ def from_form(form: FormData) -> SettingsForm:
     def text(name: str) -> str:
         return str(form.get(name, "")).strip()
 
-    count = int(text("prices.count")) if text("prices.count").isdigit() else 0
+    count = int(text("prices.count")) if text("prices.count").isdecimal() else 0
     try:
         version = int(text("expected_version"))
     except ValueError:
@@ -188,6 +188,6 @@ def input_of(path: str, sent: admin_service_pb2.Config) -> str | None:
         return f"rate_limits.{path.removeprefix('default_rate_limits.')}"
     if path.startswith("default_rate_limits["):
         index = path.removeprefix("default_rate_limits[").partition("]")[0]
-        if index.isdigit() and int(index) < len(sent.default_rate_limits):
+        if index.isdecimal() and int(index) < len(sent.default_rate_limits):
             return f"rate_limits.{labels.ROLES.get(sent.default_rate_limits[int(index)].role, '')}"
     return None

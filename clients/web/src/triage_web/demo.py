@@ -179,11 +179,12 @@ async def submit(request: Request) -> Response:
             pass
         return _page(request, values, outcome)
     # The first event decides the status (a refusal is a 429 and so on); the rest stream as they come.
-    first = await anext(events, "done")
+    first = await anext(events, None)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            yield _sse(first, _event_data(request, first, outcome))
+            if first is not None:
+                yield _sse(first, _event_data(request, first, outcome))
             async for event in events:
                 yield _sse(event, _event_data(request, event, outcome))
             yield _sse("done", {})

@@ -94,9 +94,10 @@ def micros_of(text: str) -> int | None:
     """Dollars typed in a form as millionths of a dollar; None when it is not an amount >= 0."""
     try:
         amount = Decimal(text.strip().replace(",", "").removeprefix("$"))
+        # quantize raises for amounts too large for the context (about 1e22 and up).
+        if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.000001")):
+            return None
     except InvalidOperation:
-        return None
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.000001")):
         return None
     micros = int(amount * MICROS)
     return micros if micros < 2**63 else None

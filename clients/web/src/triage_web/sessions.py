@@ -18,8 +18,10 @@ from typing import Any, Literal
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.requests import Request, cookie_parser
+from starlette.responses import HTMLResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 SESSION_COOKIE = "triage_session"
 # The OIDC sign-in in flight (state, nonce, PKCE verifier). The identity provider's redirect back is a
@@ -139,3 +141,35 @@ def _derive(secret: bytes, purpose: Purpose) -> bytes:
     """A Fernet key per purpose, so that a cookie of one kind is never accepted as the other."""
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"triage-web {purpose}".encode()).derive(secret)
     return base64.urlsafe_b64encode(key)
+
+
+# A page that loads itself again: that second load is a same-site navigation, which carries the cookie.
+_RELOAD = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0">'
+    "<title>ED triage</title></head><body><main><p>Loading&hellip; "
+    '<a href="">Continue</a></p></main></body></html>'
+)
+
+
+class CrossSiteArrivals:
+    """A link followed from another site arrives without the SameSite=Strict session cookie.
+
+    Answered as a new visitor, its new cookie would replace the session the browser holds: any link in
+    an email would sign an admin out and void the forms open in other tabs. Such a request gets a page
+    that reloads itself instead (pure ASGI middleware; browsers without Sec-Fetch-* headers are unchanged).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            headers = Headers(scope=scope)
+            if (
+                headers.get("sec-fetch-site") == "cross-site"
+                and headers.get("sec-fetch-mode") == "navigate"
+                and SESSION_COOKIE not in cookie_parser(headers.get("cookie", ""))
+            ):
+                await HTMLResponse(_RELOAD)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)

@@ -42,8 +42,10 @@ class WebSettings(BaseSettings):
     )
     session_secret: SecretStr | None = Field(
         default=None,
-        description="Encrypts and authenticates session cookies; the same value on every web replica. "
-        "Unset: a random one per process (sessions end when it restarts).",
+        min_length=32,
+        description="Encrypts and authenticates session cookies, which hold the admin's credential: at least 32 "
+        "characters (openssl rand -base64 48), the same on every web replica. Unset: a random one per process "
+        "(sessions end when it restarts).",
     )
     session_seconds: int = Field(
         default=8 * 3600, ge=60, le=7 * 24 * 3600, description="How long an admin session lasts after sign-in."
