@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -482,7 +482,7 @@ class AsyncTriageClient(_Caller):
 
     async def iter_audit_events(
         self, *, start_time: datetime | None = None, end_time: datetime | None = None, page_size: int = 0
-    ) -> AsyncIterator[admin_service_pb2.AuditEvent]:
+    ) -> AsyncGenerator[admin_service_pb2.AuditEvent, None]:
         """Every audit event in the range, fetching page after page."""
         token = ""
         while True:
@@ -496,7 +496,7 @@ class AsyncTriageClient(_Caller):
 
     async def iter_api_keys(
         self, *, page_size: int = 0, timeout: float | None = None
-    ) -> AsyncIterator[admin_service_pb2.ApiKey]:
+    ) -> AsyncGenerator[admin_service_pb2.ApiKey, None]:
         """Every API key (never a secret), fetching page after page."""
         request = admin_service_pb2.ListApiKeysRequest(page_size=page_size)
         while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from triage_web.admin_auth import admin_form, admin_page
 from triage_web.context import WebContext
 
 MAX_KEY_PAGES = 20  # key names for the usage page: the first 20 pages (1,000 keys) at most
+KEY_PAGE_SIZE = 50
 
 
 def _violations(error: InvalidArgument) -> list[str]:
@@ -148,14 +150,13 @@ def _date(text: str | None, default: date) -> date | None:
 
 
 async def _key_names(client: AsyncTriageClient) -> dict[str, str]:
+    """Names for the usage tables' key ids, of the first MAX_KEY_PAGES pages of keys (an id stands in for the rest)."""
     names: dict[str, str] = {}
-    request = admin_service_pb2.ListApiKeysRequest(page_size=50)
-    for _ in range(MAX_KEY_PAGES):
-        page = await client.list_api_keys(request)
-        names.update((k.key_id, k.name) for k in page.api_keys)
-        if not page.next_page_token:
-            break
-        request.page_token = page.next_page_token
+    async with aclosing(client.iter_api_keys(page_size=KEY_PAGE_SIZE)) as keys:
+        async for key in keys:
+            names[key.key_id] = key.name
+            if len(names) >= MAX_KEY_PAGES * KEY_PAGE_SIZE:
+                break
     return names
 
 
