@@ -80,6 +80,11 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "CronJob", resources["CronJob/triage-backup"]["spec"]["jobTemplate"]["spec"]["template"]
 
 
+def web_pod() -> dict[str, Any]:
+    pod: dict[str, Any] = k8s()["Deployment/triage-web"]["spec"]["template"]
+    return pod
+
+
 def server_container() -> dict[str, Any]:
     containers: list[dict[str, Any]] = k8s()["Deployment/triage-server"]["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -114,11 +119,13 @@ def test_the_kustomization_lists_every_manifest_here() -> None:
     manifests = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
 
     assert set(kustomization["resources"]) == manifests
-    assert [g["envs"] for g in kustomization["configMapGenerator"]] == [["triage.env"]]
-    # secret.env is the operator's and never committed; its example names what it holds.
-    assert [g["envs"] for g in kustomization["secretGenerator"]] == [["secret.env"]]
-    assert (K8S / "secret.env.example").is_file()
-    assert "deploy/k8s/secret.env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert [g["envs"] for g in kustomization["configMapGenerator"]] == [["triage.env"], ["web.env"]]
+    # The secret files are the operator's and never committed; their examples name what they hold.
+    secrets = [g["envs"] for g in kustomization["secretGenerator"]]
+    assert secrets == [["secret.env"], ["web-secret.env"]]
+    for [name] in secrets:
+        assert (K8S / f"{name}.example").is_file()
+        assert f"deploy/k8s/{name}" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def _named_variables() -> Iterator[tuple[str, set[str]]]:
@@ -162,6 +169,57 @@ def test_the_compose_web_tier_is_configured_with_its_own_settings(clean_environm
     assert web["ports"] == [f"127.0.0.1:{settings.port}:{settings.port}"]
     assert web["read_only"] is True
     assert web["cap_drop"] == ["ALL"]
+
+
+def test_the_kubernetes_web_tier_reaches_the_server_and_is_reached_on_its_port(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    config = env_file(K8S / "web.env")
+    secrets = env_file(K8S / "web-secret.env.example")
+    assert WebSettings.unknown_variables(config | secrets) == []
+    for name, value in (config | dict.fromkeys(secrets, "x" * 48)).items():
+        clean_environment.setenv(name, value)
+    settings = WebSettings()
+    resources = k8s()
+    pod = web_pod()
+    [container] = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service, policy = resources["Service/triage-web"], resources["NetworkPolicy/triage-web"]["spec"]
+    server_service = resources["Service/triage-server"]
+    grpc_port = next(p["port"] for p in server_service["spec"]["ports"] if p["name"] == "grpc")
+
+    assert container["args"] == ["triage-web"]
+    assert container["image"] == server_container()["image"]
+    assert {e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e} == {"triage-web-config"}
+    assert {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e} == {"triage-web-secrets"}
+    # It calls the server through the server's Service, on its gRPC port; the policies let it.
+    assert settings.target == f"{server_service['metadata']['name']}:{grpc_port}"
+    assert any(
+        _selected(rule["to"][0]["podSelector"]["matchLabels"], server_service["spec"]["selector"])
+        and {p["port"] for p in rule["ports"]} == {grpc_port}
+        for rule in policy["egress"]
+        if "to" in rule
+    )
+    assert any("from" not in rule and grpc_port in {p["port"] for p in rule["ports"]} for rule in server_policy())
+    # It listens where the probes, the Service and its policy look.
+    assert settings.host == "0.0.0.0"
+    assert ports == {"http": settings.port}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert _selected(resources["Deployment/triage-web"]["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    assert _selected(service["spec"]["selector"], pod["metadata"]["labels"])
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    assert _selected(policy["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == {settings.port}
+    # The server's policy does not select the web pods (it admits its metrics port to monitoring only).
+    assert not _selected(
+        resources["NetworkPolicy/triage-server"]["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"]
+    )
+
+
+def server_policy() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = k8s()["NetworkPolicy/triage-server"]["spec"]["ingress"]
+    return rules
 
 
 def test_the_image_and_the_configmap_make_valid_settings(clean_environment: pytest.MonkeyPatch) -> None:
@@ -220,7 +278,7 @@ def test_every_workload_has_resources_and_runs_unprivileged() -> None:
     assert user.isdigit()
     assert int(user) > 0
     assert group.isdigit()
-    for kind, pod in pod_specs():
+    for kind, pod in [*pod_specs(), ("web Deployment", web_pod())]:
         security = pod["spec"]["securityContext"]
         assert security["runAsNonRoot"] is True, kind
         assert security["runAsUser"] == int(user), kind
