@@ -208,7 +208,8 @@ def key_violations(
             )
         )
     if role is None:
-        violations.append(field_violation("role", "must be one of demo, clinician, service, admin", "REQUIRED"))
+        roles = ", ".join(role.value for role in Role)
+        violations.append(field_violation("role", f"must be one of {roles}", "REQUIRED"))
     problem = rate_limit_problem(rate_limit) if rate_limit else None
     if problem is not None:
         violations.append(field_violation("rate_limit", problem, "INVALID_RATE_LIMIT"))
