@@ -68,6 +68,9 @@ class Replicas:
         """A rolling restart into `env`: each replica is stopped only while the other serves."""
         for replica in (0, 1):
             self.serving = 1 - replica
+            # As Kubernetes' preStop pause (deploy/k8s): a call begun on this replica just before the switch
+            # ends before SIGTERM; one that reached it as the server stopped could be cancelled by gRPC.
+            await asyncio.sleep(0.5)
             await stop(self.servers[replica])
             self.servers[replica] = await start_server(self.directory, **env)
             log = self.servers[replica].log[-1]
