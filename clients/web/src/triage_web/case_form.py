@@ -19,7 +19,7 @@ from triage_client import ArrivalMode, Avpu, RiskFactor, Sex, TriageCase
 
 MAX_CHIEF_COMPLAINT_CHARS = 1_000
 MAX_HISTORY_CHARS = 10_000
-AGE_UNITS = {"years": "years", "months": "months", "days": "days"}
+AGE_UNITS = ("years", "months", "days")  # the fields of the contract's Age
 # The largest age in any unit (130 years in days); the server checks each unit's own limit.
 MAX_AGE = 47_482
 
@@ -182,9 +182,9 @@ def parse(form: FormData) -> Submission:
     case.chief_complaint = text("chief_complaint")
     case.history = text("history")
     if text("age.value"):
-        unit = AGE_UNITS.get(text("age.unit") or "years")
+        unit = text("age.unit") or "years"
         number = _number(text("age.value"), integer=True)
-        if unit is None:
+        if unit not in AGE_UNITS:
             errors["age.value"] = "choose years, months or days"
         elif number is None or number < 0 or number > 2**32 - 1:
             errors["age.value"] = "must be a whole number"
