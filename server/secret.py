@@ -14,7 +14,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,24 +49,28 @@ class SecretRing:
 
     active: bytes
     verify_only: tuple[bytes, ...] = ()
+    # (id, secret) of each, the active one first: derived once, since every API key checked reads them.
+    _entries: tuple[tuple[str, bytes], ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         values = (self.active, *self.verify_only)
         if any(not value.strip() for value in values):
             raise KeyRingError("a server secret is empty")
-        if len({secret_id(value) for value in values}) != len(values):
+        entries = tuple((secret_id(value), value) for value in values)
+        if len(dict(entries)) != len(values):
             raise KeyRingError("a server secret is in the ring twice (or two share an id: generate another)")
+        object.__setattr__(self, "_entries", entries)
 
     def __repr__(self) -> str:
         return f"SecretRing(active={self.active_id}, verify_only={[secret_id(v) for v in self.verify_only]})"
 
     @property
     def active_id(self) -> str:
-        return secret_id(self.active)
+        return self._entries[0][0]
 
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         """(id, secret) of every secret, the active one first."""
-        return ((secret_id(value), value) for value in (self.active, *self.verify_only))
+        return iter(self._entries)
 
     def get(self, key_id: str) -> bytes | None:
         return next((value for id_, value in self if id_ == key_id), None)

@@ -18,6 +18,13 @@ def test_ids_sort_by_time() -> None:
     assert new_id(1_700_000_000_000) < new_id(1_700_000_000_001)
 
 
+def test_an_id_begins_with_its_time_in_the_ulid_specs_encoding() -> None:
+    # The specification's example: 1469918176385 ms is 01ARYZ6S41; the largest time is 7ZZZZZZZZZ.
+    assert new_id(1_469_918_176_385)[:10] == "01ARYZ6S41"
+    assert new_id(2**48 - 1)[:10] == "7ZZZZZZZZZ"
+    assert new_id(0)[:10] == "0" * 10
+
+
 def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
     new_id()  # the parent has random bytes in hand when it forks
     read_end, write_end = os.pipe()
