@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from server.esi.engine import CaseFacts
-from server.learned.features import MISSING, UNKNOWN, features, group, label, possible_features
+from server.learned.features import CONCEPT, MISSING, UNKNOWN, family, features, group, label, possible_features
 
 MODEL_FILE = "model.json"
 FORMAT = 1
@@ -84,6 +84,8 @@ class ResourceEstimate:
     probabilities: tuple[float, float, float]
     count: int
     contributors: tuple[Contributor, ...]
+    # The case's concepts too rare in training to carry a weight: the estimate knows nothing of them.
+    unlearned: tuple[Contributor, ...] = ()
 
     @property
     def probability(self) -> float:
@@ -209,6 +211,17 @@ class LinearModel:
                 name = names[feature] = label(feature, facts)
             top.append(Contributor(feature, name, round(value, 4)))
         return tuple(top)
+
+    def unlearned(self, found: Sequence[str], facts: CaseFacts, names: dict[str, str]) -> tuple[Contributor, ...]:
+        """The concepts among `found` that have no weight: too rare in the training visits to learn from."""
+        missing = []
+        for feature in found:
+            if family(feature) == CONCEPT and feature not in self.weights:
+                name = names.get(feature)
+                if name is None:
+                    name = names[feature] = label(feature, facts)
+                missing.append(Contributor(feature, name, 0.0))
+        return tuple(missing)
 
 
 def _sigmoid(z: float) -> float:
@@ -347,6 +360,7 @@ def _resources(
         probabilities=(p[0], p[1], p[2]),
         count=count,
         contributors=m.resources.contributors(found, count, facts, names),
+        unlearned=m.resources.unlearned(found, facts, names),
     )
 
 

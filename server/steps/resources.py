@@ -8,8 +8,9 @@ model may then change the count under the step's strategy
   rule); `most_urgent`: the larger count.
 - learned, `model`: the estimated count (0 / 1 / 2 or more) sets the level;
   the rules' resource list stays as what the nurse can check. `most_urgent`:
-  the larger of the two counts. A complaint nothing recognised keeps the
-  rules' assumed work-up.
+  the larger of the two counts. A complaint nothing recognised, or a
+  concept too rare in the training visits to be learned, keeps the rules'
+  work-up as the least.
 """
 
 from __future__ import annotations
@@ -88,22 +89,28 @@ class Resources(DecisionPoint):
         unrecognized = any(w.code == UNRECOGNIZED_COMPLAINT for w in rules.warnings)
         procedure = any(r.kind in _PROCEDURES for r in rules.resources)
         danger_zone = any(state.startswith("danger_zone_") for state in run.facts.states)
-        if strategy == "most_urgent" or unrecognized or procedure or danger_zone:
+        if strategy == "most_urgent" or unrecognized or procedure or danger_zone or estimate.unlearned:
             # A complaint nothing recognised is never low acuity by default: the
             # rules' assumed work-up stands, and B and D rest on the estimate.
             # A procedure the complaint calls for (a repair, a reduction) is not
-            # a guess either, and a vital sign in the danger zone must reach D:
-            # there the estimate may add to the rules' count, not cut it.
+            # a guess either, and a vital sign in the danger zone must reach D;
+            # nor may an estimate cut the work-up of a concept it never learned
+            # (NHAMCS codes no hypoglycemia, fall or transfer, say).
+            # There the estimate may add to the rules' count, not cut it.
             count = max(count, min(rules.resource_count, 2))
+        text = estimate.text
+        if estimate.unlearned:
+            names = ", ".join(c.label for c in estimate.unlearned)
+            text = f"{text}; not learned from the training visits: {names}, so the rules' work-up is the least"
         if count == min(rules.resource_count, 2):
-            note = Finding("learned.resources", estimate.text, STEP_RESOURCES, strongest_input(estimate, run))
+            note = Finding("learned.resources", text, STEP_RESOURCES, strongest_input(estimate, run))
             return dataclasses.replace(rules, findings=(*rules.findings, note), backend=f"{rules.backend}+{LEARNED}")
         words = ("none", "one", "two or more")[count]
         return dataclasses.replace(
             rules,
             answer=f"{words} ({estimate.text})",
             findings=(
-                Finding("resources.count", estimate.text, STEP_RESOURCES, strongest_input(estimate, run)),
+                Finding("resources.count", text, STEP_RESOURCES, strongest_input(estimate, run)),
                 *(dataclasses.replace(f, code="resources.rules_count") for f in rules.findings),
             ),
             level=resources_level(count),

@@ -169,6 +169,36 @@ async def test_a_danger_zone_vital_sign_still_reaches_d(engine: RulesEngine) -> 
     assert "danger_zone.heart_rate" in codes(result)
 
 
+@pytest.mark.parametrize(
+    ("complaint", "unlearned"),
+    [
+        # NHAMCS's reason-for-visit codes have no hypoglycemia, fall or interfacility transfer.
+        ("hypoglycemia", "low blood sugar"),
+        ("s/p fall", "fall"),
+        ("transfer from OSH", "transfer from another facility"),
+    ],
+)
+async def test_an_estimate_does_not_cut_the_work_up_of_a_concept_it_never_learned(
+    engine: RulesEngine, complaint: str, unlearned: str
+) -> None:
+    forced_none = policy(no_resources_at_or_above=ALWAYS)
+    rules = await Pipeline(engine).classify(validate_case(make_case(complaint, "70y")), RULES_ONLY)
+
+    result = await classify(engine, complaint, "70y", learned=forced_none, danger_zone="flag_only")
+
+    assert min(result.resource_count, 2) == min(rules.resource_count, 2) > 0
+    assert result.esi_level == rules.esi_level
+    note = next(f for f in result.findings if f.code == "learned.resources")
+    assert f"not learned from the training visits: {unlearned}, so the rules' work-up is the least" in note.text
+
+
+async def test_a_learned_concept_is_the_estimates_to_count(engine: RulesEngine) -> None:
+    # Chest pain is in thousands of training visits: nothing is said to be unlearned.
+    result = await classify(engine, "chest pain", "30y", learned=policy(no_resources_at_or_above=ALWAYS))
+
+    assert not any("not learned" in f.text for f in result.findings)
+
+
 async def test_an_unrecognised_complaint_is_never_low_acuity_by_default(engine: RulesEngine) -> None:
     result = await classify(engine, "zorblax", "25y", learned=policy(no_resources_at_or_above=ALWAYS))
 
