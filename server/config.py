@@ -31,6 +31,10 @@ class ProviderSettings(BaseModel):
     api_key: SecretStr | None = None
 
 
+# The longest any retention may be: "keep them" without reaching dates before 1970.
+_CENTURY_DAYS = 36_525
+
+
 class Settings(BaseSettings):
     """Configuration of `triage-server`, from environment variables prefixed TRIAGE_."""
 
@@ -97,13 +101,22 @@ class Settings(BaseSettings):
         description="Records waiting for the audit store before calls are refused with UNAVAILABLE.",
     )
     stored_case_retention_days: int = Field(
-        default=30, ge=1, description="Stored (encrypted) cases are deleted this many days after classification."
+        default=30,
+        ge=1,
+        le=_CENTURY_DAYS,
+        description="Stored (encrypted) cases are deleted this many days after classification (at most a century).",
     )
     usage_retention_days: int = Field(
-        default=400, ge=1, description="Usage detail (per key, day, step and backend) is kept this many days."
+        default=400,
+        ge=1,
+        le=_CENTURY_DAYS,
+        description="Usage detail (per key, day, step and backend) is kept this many days (at most a century).",
     )
     audit_retention_days: int = Field(
-        default=7 * 365 + 2, ge=1, description="Audit records are kept this many days (7 years by default)."
+        default=7 * 365 + 2,
+        ge=1,
+        le=_CENTURY_DAYS,
+        description="Audit records are kept this many days (7 years by default, at most a century).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 

@@ -11,6 +11,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two digits per 10 bits: 13 lookups make an id, twice as fast as base64.b32encode (pure Python in 3.11).
 _DIGIT_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
 _PAIR_SHIFTS = tuple(range(120, -1, -10))
+_TIME_LIMIT_MS = 1 << 48
 ID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
@@ -47,8 +48,13 @@ _random = _RandomBytes()
 
 
 def new_id(now_ms: int | None = None) -> str:
-    """A ULID: a 48-bit millisecond timestamp then 80 random bits, in Crockford base32."""
+    """A ULID: a 48-bit millisecond timestamp then 80 random bits, in Crockford base32.
+
+    A time outside 1970 to 10889 is a ValueError: encoded, it would wrap around and sort wrongly.
+    """
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if not 0 <= ms < _TIME_LIMIT_MS:
+        raise ValueError(f"a ULID's time is 0 to 2**48 - 1 ms since 1970, not {ms}")
     value = (ms << 80) | int.from_bytes(_random.take(10), "big")
     # 26 digits of 5 bits are 130 bits: the value's 128 after two zero bits.
     return "".join([_DIGIT_PAIRS[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])

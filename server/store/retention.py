@@ -53,7 +53,9 @@ def purge(engine: Engine, retention: Retention, now: datetime | None = None) -> 
     with engine.begin() as connection:
         _take_turns(connection)
         # Classification ids sort by time: the cases of classifications older than the cutoff.
-        case_cutoff = new_id(int((now - timedelta(days=retention.stored_case_days)).timestamp() * 1000))[:10]
+        # A retention reaching back before 1970 (a century, "keep them") deletes nothing.
+        cutoff_ms = max(0, int((now.timestamp() - retention.stored_case_days * 86_400) * 1000))
+        case_cutoff = new_id(cutoff_ms)[:10]
         cases = connection.execute(delete(_CASES).where(_CASES.c.classification_id < case_cutoff)).rowcount
         usage_cutoff = (now - timedelta(days=retention.usage_days)).date()
         usage = connection.execute(delete(_USAGE).where(_USAGE.c.day < usage_cutoff)).rowcount

@@ -76,6 +76,14 @@ def test_purge_deletes_what_is_past_retention_and_the_chain_still_verifies(engin
     assert chain.verify_database(engine, RING).problems == []
 
 
+def test_a_retention_of_a_century_deletes_no_stored_case(engine: Engine) -> None:
+    # Its cutoff falls before 1970, where a classification id cannot point: nothing is older.
+    century = dataclasses.replace(RETENTION, stored_case_days=36_525)
+
+    assert retention.purge(engine, century, NOW).stored_cases == 0
+    assert _count(engine, StoredCase) == 2 * len(AGES_DAYS)
+
+
 def test_a_chain_purged_whole_still_verifies(engine: Engine) -> None:
     retention.purge(engine, dataclasses.replace(RETENTION, audit_days=0), NOW + timedelta(days=1))
 

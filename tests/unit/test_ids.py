@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from server.ids import is_id, new_id
 
 
@@ -23,6 +25,13 @@ def test_an_id_begins_with_its_time_in_the_ulid_specs_encoding() -> None:
     assert new_id(1_469_918_176_385)[:10] == "01ARYZ6S41"
     assert new_id(2**48 - 1)[:10] == "7ZZZZZZZZZ"
     assert new_id(0)[:10] == "0" * 10
+
+
+@pytest.mark.parametrize("ms", [-1, 2**48, 2**50])
+def test_a_time_a_ulid_cannot_hold_is_refused_not_wrapped(ms: int) -> None:
+    # Wrapped, a time before 1970 would sort after every real id (and a purge cutoff would delete them all).
+    with pytest.raises(ValueError, match="ULID"):
+        new_id(ms)
 
 
 def test_a_forked_worker_does_not_repeat_its_parents_ids() -> None:
