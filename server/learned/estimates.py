@@ -13,7 +13,8 @@ to serve):
   as triage anticipates them (what the hospital's level 5, 4 or 3 stood for),
   for decision point C. `count` is the most likely class unless the caller
   sets thresholds (`no_resources_at`, `two_or_more_at`), as the service does
-  from data/policy.toml.
+  from data/policy.toml. `unlearned` names the case's concepts too rare in
+  the training visits to be learned, on which the estimate is silent.
 
 Each estimate names its strongest contributors: the case's features whose
 weight most raises the estimate (the log-odds of a critical outcome, or of the
@@ -84,8 +85,8 @@ class ResourceEstimate:
     probabilities: tuple[float, float, float]
     count: int
     contributors: tuple[Contributor, ...]
-    # The case's concepts too rare in training to carry a weight: the estimate knows nothing of them.
-    unlearned: tuple[Contributor, ...] = ()
+    # The case's concepts (features) too rare in the training visits to be learned: the estimate knows nothing of them.
+    unlearned: tuple[str, ...] = ()
 
     @property
     def probability(self) -> float:
@@ -212,17 +213,6 @@ class LinearModel:
             top.append(Contributor(feature, name, round(value, 4)))
         return tuple(top)
 
-    def unlearned(self, found: Sequence[str], facts: CaseFacts, names: dict[str, str]) -> tuple[Contributor, ...]:
-        """The concepts among `found` that have no weight: too rare in the training visits to learn from."""
-        missing = []
-        for feature in found:
-            if family(feature) == CONCEPT and feature not in self.weights:
-                name = names.get(feature)
-                if name is None:
-                    name = names[feature] = label(feature, facts)
-                missing.append(Contributor(feature, name, 0.0))
-        return tuple(missing)
-
 
 def _sigmoid(z: float) -> float:
     if z >= 0:
@@ -255,6 +245,11 @@ class Model:
     @property
     def feature_count(self) -> int:
         return len(set(self.critical.weights) | set(self.resources.weights))
+
+    def too_rare_for_resources(self, feature: str) -> bool:
+        """Whether the resource model saw too few training visits with `feature` to learn it."""
+        training = self.metadata["training"]
+        return int(training["feature_counts"].get(feature, 0)) < int(training["min_resource_concept_count"])
 
     @property
     def tables_version(self) -> str:
@@ -360,7 +355,7 @@ def _resources(
         probabilities=(p[0], p[1], p[2]),
         count=count,
         contributors=m.resources.contributors(found, count, facts, names),
-        unlearned=m.resources.unlearned(found, facts, names),
+        unlearned=tuple(f for f in found if family(f) == CONCEPT and m.too_rare_for_resources(f)),
     )
 
 

@@ -8,6 +8,7 @@ the request path: no network, no cost, no budget.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.esi.engine import CaseFacts, RulesEngine
 from server.learned import estimates
+from server.learned.features import CONCEPT
 
 # How sure a step is of an answer the estimates changed.
 LEARNED_CERTAINTY = 0.7
@@ -62,6 +64,8 @@ class LearnedSteps:
         self.policy = policy or load_policy()
         # The B rules marked a judgement call in rules.toml: under `model` they need the estimate to confirm them.
         self.judgement = frozenset(r.code for r in engine.tables.rules if r.judgement)
+        # The concepts that bring a work-up of their own (a modifier such as "severe" brings none).
+        self._worked_up = frozenset(f"{CONCEPT}:{c.id}" for c in engine.tables.concepts.values() if c.resources)
 
     @property
     def version(self) -> str:
@@ -73,4 +77,8 @@ class LearnedSteps:
         risk, resources = estimates.estimates(
             facts, no_resources_at=policy.no_resources_at_or_above, two_or_more_at=policy.two_or_more_at_or_above
         )
+        if resources.unlearned:
+            # Only a concept with a work-up of its own can be one the estimate would wrongly cut.
+            unlearned = tuple(f for f in resources.unlearned if f in self._worked_up)
+            resources = dataclasses.replace(resources, unlearned=unlearned)
         return Estimates(risk, resources)

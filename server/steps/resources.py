@@ -24,6 +24,7 @@ from server.backends.answers import ModelQuestion
 from server.domain import LEARNED, STEP_RESOURCES, Finding, PredictedResource, StepResult
 from server.esi.engine import UNRECOGNIZED_COMPLAINT, RulesEngine, resource_count, resources_level
 from server.esi.tables import RESOURCE_LABELS
+from server.learned.features import input_field, label
 from server.learned.policy import LEARNED_CERTAINTY, LearnedSteps
 from server.runtime_config import Strategy
 from server.steps.base import MODEL_CERTAINTY, DecisionPoint, TriageRun, strongest_input
@@ -98,19 +99,20 @@ class Resources(DecisionPoint):
             # (NHAMCS codes no hypoglycemia, fall or transfer, say).
             # There the estimate may add to the rules' count, not cut it.
             count = max(count, min(rules.resource_count, 2))
-        text = estimate.text
+        text, source = estimate.text, strongest_input(estimate, run)
         if estimate.unlearned:
-            names = ", ".join(c.label for c in estimate.unlearned)
+            names = ", ".join(label(feature, run.facts) for feature in estimate.unlearned)
             text = f"{text}; not learned from the training visits: {names}, so the rules' work-up is the least"
+            source = input_field(estimate.unlearned[0], run.facts)
         if count == min(rules.resource_count, 2):
-            note = Finding("learned.resources", text, STEP_RESOURCES, strongest_input(estimate, run))
+            note = Finding("learned.resources", text, STEP_RESOURCES, source)
             return dataclasses.replace(rules, findings=(*rules.findings, note), backend=f"{rules.backend}+{LEARNED}")
         words = ("none", "one", "two or more")[count]
         return dataclasses.replace(
             rules,
             answer=f"{words} ({estimate.text})",
             findings=(
-                Finding("resources.count", text, STEP_RESOURCES, strongest_input(estimate, run)),
+                Finding("resources.count", text, STEP_RESOURCES, source),
                 *(dataclasses.replace(f, code="resources.rules_count") for f in rules.findings),
             ),
             level=resources_level(count),
