@@ -69,6 +69,13 @@ CASES = [
     ("altered MS x 1 day", {"altered_mental_status"}, set()),
     ("HA x3d, denies AMS", {"headache"}, {"altered_mental_status"}),
     ("DIB, no BM x3d", {"dyspnea", "constipation"}, set()),
+    ("pyelo", {"pyelonephritis"}, set()),
+    ("positive blood cx", {"sepsis"}, set()),
+    ("TMJ pain", {"dental"}, set()),
+    ("FOOSH", {"fall", "extremity_injury"}, set()),
+    ("can't swallow", {"dysphagia"}, set()),
+    ("otalgia", {"ear_problem"}, set()),
+    ("hypertensive", {"hypertension"}, set()),
     # reason-for-visit labels as NCHS writes them, cut short or inverted
     ("Oth symptoms/problems relat to psycho...", {"psychiatric"}, set()),
     ("Family history of cancer", {"administrative_visit"}, set()),
