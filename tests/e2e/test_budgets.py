@@ -130,7 +130,7 @@ class Outcome:
 async def _spend(
     servers: list[ServerProcess], database_url: str, limited_key: str, other_key: str, *, workers: int = 1
 ) -> Outcome:
-    """Routes B to the model, then makes CALLS calls with each key at once, spread over all servers."""
+    """Routes B to the model, then CALLS calls at once with the limited key, then with the other, over all servers."""
     admin_key = _issue(database_url, Role.ADMIN, rate_limit="1000/second")
     ports = [server.port for server in servers]
     try:
@@ -138,9 +138,10 @@ async def _spend(
             await server.wait_for("serving", count=workers)  # a worker still starting would get no connection
         await _route(ports[0], admin_key)
         await asyncio.sleep(1.5)  # every process reads the new routing (each refreshes every second)
-        limited, other = await asyncio.gather(
-            _classify_everywhere(ports, limited_key), _classify_everywhere(ports, other_key)
-        )
+        # One key after the other: run together, the other key's holds could take the global budget before
+        # the limited key reached its own, and its calls would fall back for the global budget, not its own.
+        limited = await _classify_everywhere(ports, limited_key)
+        other = await _classify_everywhere(ports, other_key)
         spent = await _spent(ports[-1], admin_key)
     finally:
         await _stop(*servers)
