@@ -62,7 +62,7 @@ class SecretRing:
         object.__setattr__(self, "_entries", entries)
 
     def __repr__(self) -> str:
-        return f"SecretRing(active={self.active_id}, verify_only={[secret_id(v) for v in self.verify_only]})"
+        return f"SecretRing(active={self.active_id}, verify_only={[id_ for id_, _ in self._entries[1:]]})"
 
     @property
     def active_id(self) -> str:
@@ -87,7 +87,7 @@ class SecretRing:
             raise KeyRingError(f"server secret {key_id} is the active one: activate another before retiring it")
         if self.get(key_id) is None:
             raise KeyRingError(f"no server secret {key_id} in the ring")
-        return SecretRing(self.active, tuple(value for value in self.verify_only if secret_id(value) != key_id))
+        return SecretRing(self.active, tuple(value for id_, value in self._entries[1:] if id_ != key_id))
 
 
 def env_ring(active: str, verify_only: str | None) -> SecretRing:

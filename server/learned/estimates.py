@@ -37,7 +37,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -246,10 +246,12 @@ class Model:
     def feature_count(self) -> int:
         return len(set(self.critical.weights) | set(self.resources.weights))
 
-    def too_rare_for_resources(self, feature: str) -> bool:
-        """Whether the resource model saw too few training visits with `feature` to learn it."""
+    @cached_property
+    def learned_for_resources(self) -> frozenset[str]:
+        """The features the resource model saw in enough training visits to learn (read once, off the hot path)."""
         training = self.metadata["training"]
-        return int(training["feature_counts"].get(feature, 0)) < int(training["min_resource_concept_count"])
+        least = int(training["min_resource_concept_count"])
+        return frozenset(f for f, count in training["feature_counts"].items() if int(count) >= least)
 
     @property
     def tables_version(self) -> str:
@@ -355,7 +357,7 @@ def _resources(
         probabilities=(p[0], p[1], p[2]),
         count=count,
         contributors=m.resources.contributors(found, count, facts, names),
-        unlearned=tuple(f for f in found if family(f) == CONCEPT and m.too_rare_for_resources(f)),
+        unlearned=tuple(f for f in found if f not in m.learned_for_resources and family(f) == CONCEPT),
     )
 
 
