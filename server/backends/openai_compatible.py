@@ -3,7 +3,7 @@
 OpenAI, Azure OpenAI, vLLM, Ollama and llama.cpp's server all speak it. Each
 call gets the time the caller has left (less what the rules fallback and the
 audit need), is retried with backoff on transient faults (connection errors,
-timeouts, 429, 5xx) only while that time lasts, and goes through the
+429, 5xx) only while that time lasts, and goes through the
 backend's circuit breaker. Whatever happens, the caller gets either a reply
 (with its token counts, also for an answer that fails validation) or
 ModelUnavailable saying why, never an exception of the SDK's.
@@ -21,7 +21,13 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_before_delay
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+)
 from tenacity.wait import wait_exponential_jitter
 
 from server.backends.answers import NARRATIVE_PROMPT, SYSTEM_PROMPT, Answer, ModelQuestion, describe_case
@@ -37,12 +43,19 @@ Sent = TypeVar("Sent")
 
 
 class ModelUnavailable(Exception):
-    """The model gave no answer: `kind` says which way (for metrics), `reason` says it for people."""
+    """The model gave no answer: `kind` says which way (for metrics), `reason` says it for people.
 
-    def __init__(self, kind: Literal["timeout", "error", "circuit_open"], reason: str) -> None:
+    A provider answering an error (429, 5xx) bills nothing; one that timed out in flight may have.
+    """
+
+    def __init__(
+        self, kind: Literal["timeout", "error", "circuit_open"], reason: str, *, billable: bool = False
+    ) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        # A request reached the provider and its time ran out unanswered: the provider may bill it.
+        self.billable = billable
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,22 +173,28 @@ class OpenAICompatibleBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT),
+            # Not a timed-out attempt: the provider may bill it, and a call's reservation covers one such.
+            retry=retry_if_exception_type(TRANSIENT) & retry_if_not_exception_type(openai.APITimeoutError),
             stop=stop_after_attempt(_MAX_ATTEMPTS) | stop_before_delay(seconds),
             wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
             reraise=True,
         )
+        in_flight = False  # an attempt was sent and ran out of time unanswered
         try:
             async for attempt in retrying:
                 with attempt:
                     remaining = deadline - loop.time()
                     if remaining < _MIN_ATTEMPT_SECONDS:
                         raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        response = await send(remaining)
+                    try:
+                        async with asyncio.timeout(remaining):
+                            response = await send(remaining)
+                    except (TimeoutError, openai.APITimeoutError):
+                        in_flight = True
+                        raise
         except (TimeoutError, openai.APITimeoutError) as error:
             self.breaker.failed(error)
-            raise ModelUnavailable("timeout", "timeout") from None
+            raise ModelUnavailable("timeout", "timeout", billable=in_flight) from None
         except openai.OpenAIError as error:
             self.breaker.failed(error)
             raise ModelUnavailable("error", f"error ({type(error).__name__})") from None

@@ -75,9 +75,10 @@ class Advisor:
         """The step's result after asking the model `point.model_question`; the rules' when it cannot help.
 
         The call's worst-case cost is reserved against the budgets first and
-        settled after, also when the caller cancels mid-call (then at the worst
-        case: the provider bills what it has started). A caller whose key
-        refuses calls over its budget gets BudgetExhausted (a domain error).
+        settled after, also when the caller cancels mid-call or the model's time
+        runs out (then at the worst case: the provider bills what it has started).
+        A caller whose key refuses calls over its budget gets BudgetExhausted (a
+        domain error).
         """
         question = point.model_question
         if question is None:
@@ -115,9 +116,11 @@ class Advisor:
             )
             outcome = "ok" if reply.answer is not None else "invalid_answer"
         except ModelUnavailable as unavailable:
-            used = Cost()  # no answer, no tokens billed
+            if not unavailable.billable:
+                used = Cost()  # refused or never sent: nothing billed
+            # else timed out in flight: the worst case, as for a cancelled call
             outcome = unavailable.kind
-            return fallback(rules, backend.name, unavailable.reason)
+            return dataclasses.replace(fallback(rules, backend.name, unavailable.reason), cost=used)
         finally:
             _called(rules.step, backend.name, outcome, started)
             if used != Cost():

@@ -156,9 +156,16 @@ def _keys(database_url: str) -> tuple[str, str]:
 
 
 def _assert_within_budgets(outcome: Outcome, limited_key: str, fake_llm: FakeLLM) -> None:
+    everything = outcome.limited + outcome.other
     assert 0 < outcome.spent[limited_key[4:30]] <= KEY_BUDGET
     assert 0 < outcome.spent[""] <= BUDGET_USD_MICROS
-    assert outcome.spent[""] == len(fake_llm.asked("high_risk")) * 140  # every answer the model gave is counted
+    # What each caller was told its call cost is what the usage totals count, key by key.
+    assert outcome.spent[""] == sum(c.cost.usd_micros for c in everything)
+    assert outcome.spent[limited_key[4:30]] == sum(c.cost.usd_micros for c in outcome.limited)
+    # An answer costs its tokens; a call timed out in flight would cost its worst case, and say so.
+    answered = [c for c in everything if not any(f.code == "model.fallback" for f in c.findings)]
+    assert {c.cost.usd_micros for c in answered} == {140}
+    assert len(answered) <= len(fake_llm.asked("high_risk"))
     assert _fell_back(outcome.limited, "key") > 0
     assert _fell_back(outcome.other, "global") > 0
 

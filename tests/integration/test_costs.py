@@ -175,6 +175,35 @@ async def test_budget_alerts_are_logged_once_per_threshold(
     assert all(a["budget"] == "global" for a in alerts)
 
 
+async def test_a_model_call_that_times_out_in_flight_is_charged_its_worst_case(
+    client: AsyncTriageClient, fake_llm: FakeLLM
+) -> None:
+    await route(client, "high_risk", admin_service_pb2.STRATEGY_MOST_URGENT)
+    fake_llm.plan("high_risk", Reply(content=HIGH_RISK.content, delay_seconds=3))
+
+    classification = await client.classify(HEADACHE, timeout=1.0)
+
+    # The provider may bill a request it received and did not answer in time: not tried again, and counted
+    # as a cancelled call is, at its worst case, in the answer and in the usage totals alike.
+    assert any(f.code == "model.fallback" and "timeout" in f.text for f in classification.findings)
+    assert len(fake_llm.asked("high_risk")) == 1
+    assert classification.cost.usd_micros > ANSWER_USD_MICROS
+    [row] = (await client.get_usage(admin_service_pb2.GetUsageRequest())).usage
+    assert row.cost.usd_micros == classification.cost.usd_micros
+
+
+async def test_a_model_that_answers_only_errors_costs_nothing(client: AsyncTriageClient, fake_llm: FakeLLM) -> None:
+    await route(client, "high_risk", admin_service_pb2.STRATEGY_MOST_URGENT)
+    fake_llm.plan("high_risk", Reply(status=500), Reply(status=429), Reply(status=500))
+
+    classification = await client.classify(HEADACHE)
+
+    assert any(f.code == "model.fallback" for f in classification.findings)
+    assert len(fake_llm.asked("high_risk")) == 3
+    assert classification.cost.usd_micros == 0
+    assert not (await client.get_usage(admin_service_pb2.GetUsageRequest())).usage
+
+
 async def test_a_cancelled_call_is_still_accounted_for(
     client: AsyncTriageClient, server: TriageServer, fake_llm: FakeLLM, keys: dict[Role, str]
 ) -> None:

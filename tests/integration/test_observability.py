@@ -225,7 +225,7 @@ async def test_model_steps_are_counted_by_outcome_with_their_cost_tokens_and_tim
     )
     before = await asyncio.to_thread(_scrape, port)
     for timeout in (None, None, None, 1.0):
-        await routed.classify(make_case("headache", "30y"), timeout=timeout)
+        timed_out = (await routed.classify(make_case("headache", "30y"), timeout=timeout)).cost
     after = await asyncio.to_thread(_scrape, port)
 
     step = {"step": "high_risk", "backend": MODEL}
@@ -236,10 +236,15 @@ async def test_model_steps_are_counted_by_outcome_with_their_cost_tokens_and_tim
     assert _grew(before, after, "triage_model_call_duration_seconds_count", **step) == 4
     # The timed-out call took about its second, the others far less.
     assert 0.7 < _grew(before, after, "triage_model_call_duration_seconds_sum", **step) < 2.5
-    # Two answers billed (the invalid one too) at 200 input and 30 output tokens, 1 and 4 USD per million.
-    assert _grew(before, after, "triage_model_tokens_total", **step, direction="input") == 400
-    assert _grew(before, after, "triage_model_tokens_total", **step, direction="output") == 60
-    assert _grew(before, after, "triage_model_cost_usd_total", **step) == pytest.approx(2 * 320e-6)
+    # Two answers billed (the invalid one too) at 200 input and 30 output tokens, 1 and 4 USD per million,
+    # and the call that timed out in flight at its worst case, as its caller was told.
+    assert timed_out.usd_micros > 320
+    input_tokens = _grew(before, after, "triage_model_tokens_total", **step, direction="input")
+    assert input_tokens == 400 + timed_out.input_tokens
+    output_tokens = _grew(before, after, "triage_model_tokens_total", **step, direction="output")
+    assert output_tokens == 60 + timed_out.output_tokens
+    cost = _grew(before, after, "triage_model_cost_usd_total", **step)
+    assert cost == pytest.approx((2 * 320 + timed_out.usd_micros) * 1e-6)
 
 
 async def test_audit_commits_are_measured(server: TriageServer, keys: dict[Role, str]) -> None:
