@@ -45,7 +45,8 @@ Sent = TypeVar("Sent")
 class ModelUnavailable(Exception):
     """The model gave no answer: `kind` says which way (for metrics), `reason` says it for people.
 
-    A provider answering an error (429, 5xx) bills nothing; one that timed out in flight may have.
+    A provider answering an error (429, 5xx) bills nothing; one that timed out in flight, or whose
+    stream broke off, may have.
     """
 
     def __init__(
@@ -54,7 +55,7 @@ class ModelUnavailable(Exception):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
-        # A request reached the provider and its time ran out unanswered: the provider may bill it.
+        # The provider had the request and did not answer it whole: it may bill it.
         self.billable = billable
 
 
@@ -163,7 +164,8 @@ class OpenAICompatibleBackend:
             self.breaker.failed(error)
             yield usage
             kind: Literal["timeout", "error"] = "timeout" if isinstance(error, TimeoutError) else "error"
-            raise ModelUnavailable(kind, f"{kind} while streaming") from None
+            # The stream was open: the provider had the request.
+            raise ModelUnavailable(kind, f"{kind} while streaming", billable=True) from None
         yield usage
 
     async def _call(self, seconds: float, send: Callable[[float], Awaitable[Sent]]) -> Sent:

@@ -145,7 +145,9 @@ class Advisor:
         """Streams the configured model's narrative of `summary`; nothing when none is configured.
 
         What it cost, and a warning if it broke off, are left in `narration`.
-        A caller that cancels mid-stream is charged what it received.
+        A caller that cancels mid-stream is charged what it received; a
+        narrative that broke off or timed out once the provider had it is
+        charged its input too.
         """
         name = config.narrative.backend
         if name == RULES:
@@ -173,6 +175,7 @@ class Advisor:
                 )
                 return
         received = 0
+        billable = False  # the provider had the request
         usage: Usage | None = None
         outcome: metrics.ModelOutcome = "cancelled"
         started = time.monotonic()
@@ -186,12 +189,13 @@ class Advisor:
             outcome = "ok"
         except ModelUnavailable as unavailable:
             outcome = unavailable.kind
+            billable = unavailable.billable
             narration.warning = Warning("narrative_unavailable", "", f"the narrative broke off ({unavailable.reason})")
         finally:
             _called(STEP_NARRATIVE, name, outcome, started)
             if usage is None or usage == Usage():
                 # Cut short before the provider reported usage: count what was sent and received.
-                usage = Usage(input_at_most if received else 0, received // 3)
+                usage = Usage(input_at_most if received or billable else 0, received // 3)
             cost = Cost(
                 price.cost_usd_micros(usage.input_tokens, usage.output_tokens), usage.input_tokens, usage.output_tokens
             )

@@ -234,6 +234,23 @@ async def test_a_cancelled_call_is_still_accounted_for(
     assert [e async for e in client.iter_audit_events()] == []
 
 
+async def test_a_narrative_that_times_out_in_flight_is_charged_its_input(
+    client: AsyncTriageClient, fake_llm: FakeLLM
+) -> None:
+    await route(client, "narrative", admin_service_pb2.STRATEGY_MODEL)
+    fake_llm.plan("narrative", Reply(chunks=("The patient ",), delay_seconds=3))
+
+    events = [event async for event in client.explain(HEADACHE, timeout=1.5)]
+
+    classification = events[-1].classification
+    assert "narrative_unavailable" in {w.code for w in classification.warnings}
+    # The provider had the prompt: its tokens are counted, in the answer and the usage totals alike.
+    assert classification.cost.input_tokens > 0
+    assert classification.cost.output_tokens == 0
+    [row] = (await client.get_usage(admin_service_pb2.GetUsageRequest())).usage
+    assert (row.step, row.cost.usd_micros) == (classification_pb2.STEP_NARRATIVE, classification.cost.usd_micros)
+
+
 async def test_an_explain_stream_cancelled_mid_narrative_is_charged_for_what_it_received(
     client: AsyncTriageClient, server: TriageServer, fake_llm: FakeLLM, keys: dict[Role, str]
 ) -> None:
