@@ -48,7 +48,7 @@ from server.store import retention, schema
 from server.store.api_keys import ApiKeyStore
 from server.store.audit import AuditLog
 from server.store.budgets import BudgetStore
-from server.store.database import open_database
+from server.store.database import open_database, release
 from server.store.usage import CallUsage, UsageStore
 from server.tracing import start_tracing
 from triage.v1 import (
@@ -142,7 +142,7 @@ class TriageServer:
         resources = self._resources
         metrics.export_budget_per_key(settings.metrics_budget_per_key)
         engine = await asyncio.to_thread(open_database, settings.database_url)
-        resources.callback(engine.dispose)
+        resources.push_async_callback(release, engine)
         await asyncio.to_thread(schema.require_current, engine)
         ring = await asyncio.to_thread(load_secret_ring, settings)
         # This process keys everything new under the active secret; the ring's others only verify.

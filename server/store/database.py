@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy import URL, Engine, QueuePool, create_engine, event
 from sqlalchemy.engine import make_url
 
 _SQLITE_PRAGMAS = (
@@ -33,6 +35,21 @@ def open_database(url: str) -> Engine:
     else:
         engine = create_engine(parsed, pool_pre_ping=True)
     return engine
+
+
+async def release(engine: Engine, *, within_seconds: float = 5.0) -> None:
+    """Closes the engine's connections, once the worker threads still using some have given them back.
+
+    A call or refresh cancelled at stop leaves its thread running with a connection; closed from under
+    it, the connection would go back to a discarded pool, unclosed (on PostgreSQL, an open session until
+    the process ends). A thread stuck longer than `within_seconds` (a hung database) is not waited for.
+    """
+    pool = engine.pool
+    deadline = time.monotonic() + within_seconds
+    # Polled: the pool's check-ins happen on worker threads, and this runs once, at stop.
+    while isinstance(pool, QueuePool) and pool.checkedout() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    engine.dispose()
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
