@@ -76,6 +76,9 @@ CASES = [
     ("can't swallow", {"dysphagia"}, set()),
     ("otalgia", {"ear_problem"}, set()),
     ("hypertensive", {"hypertension"}, set()),
+    # a risk factor beside a complaint is both, in either order
+    ("fever, neutropenia", {"fever", "immunocompromised"}, set()),
+    ("neutropenic fever", {"fever", "immunocompromised"}, set()),
     # reason-for-visit labels as NCHS writes them, cut short or inverted
     ("Oth symptoms/problems relat to psycho...", {"psychiatric"}, set()),
     ("Family history of cancer", {"administrative_visit"}, set()),
