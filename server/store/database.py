@@ -1,4 +1,4 @@
-"""Opens the database: SQLite with WAL and full fsync, or PostgreSQL via psycopg 3."""
+"""Opens the database (SQLite with WAL and full fsync, or PostgreSQL via psycopg 3) and lets it go at stop."""
 
 from __future__ import annotations
 
